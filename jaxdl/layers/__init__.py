@@ -1,0 +1,6 @@
+"""Building blocks shared by several model families."""
+
+from jaxdl.layers.activations import activation, get_activation, sow_relu
+from jaxdl.layers.initializers import get_initializer
+
+__all__ = ["activation", "get_activation", "sow_relu", "get_initializer"]

@@ -1,0 +1,1 @@
+"""jaxdl.train."""

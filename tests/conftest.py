@@ -1,0 +1,34 @@
+"""Shared test set-up: the offline data folder and the repository root."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SHARED_DATA = REPO.parent / "shared" / "data"
+
+if "JAXDL_DATA_DIR" not in os.environ and _SHARED_DATA.is_dir():
+  os.environ["JAXDL_DATA_DIR"] = str(_SHARED_DATA)
+# Subprocesses (CLI tests) import jaxdl from this checkout even when it is not installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+
+
+def shared_data_dir() -> Path | None:
+  d = os.environ.get("JAXDL_DATA_DIR")
+  return Path(d) if d and Path(d).is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+  """The offline data folder (../shared/data); skips the test when it is not there."""
+  d = shared_data_dir()
+  if d is None:
+    pytest.skip("offline data not found: set JAXDL_DATA_DIR to the folder of shared/data")
+  return d
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+  return REPO
