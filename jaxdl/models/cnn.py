@@ -28,6 +28,8 @@ class CNN(nn.Module):
     use_bn: BatchNorm after every convolution (then convolutions have no bias).
     global_pool: average over space before the classifier (else flatten).
     dropout: dropout rate before the last dense layer (uses the "dropout" rng).
+    features_only: return the last feature map [batch, h, w, features[-1]] (before the last
+      pooling) instead of logits.
   """
   num_classes: int = 10
   features: Sequence[int] = (32, 64)
@@ -36,6 +38,7 @@ class CNN(nn.Module):
   use_bn: bool = False
   global_pool: bool = False
   dropout: float = 0.0
+  features_only: bool = False
   weight_init: str = "he_normal"
   dtype: Any = None
   param_dtype: Any = jnp.float32
@@ -53,6 +56,8 @@ class CNN(nn.Module):
                            dtype=self.dtype, param_dtype=self.param_dtype,
                            name=f"stage{s}_bn{c}")(x)
         x = sow_relu(self, x, f"{name}_relu")
+      if self.features_only and s == len(self.features) - 1:
+        return x
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
     x = jnp.mean(x, axis=(1, 2)) if self.global_pool else x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.dense):
