@@ -1,0 +1,286 @@
+"""Prototype distance + global min-pool: the hot op of part-prototype networks.
+
+For features z [N, HW, D] (a feature map with its spatial axes flattened) and prototypes
+p [P, D] this computes, for every image n and prototype j,
+
+  min_distance[n, j] = min_hw  d(z[n, hw], p[j])      argmin[n, j] = the hw attaining it
+
+with two metrics:
+  "l2":  d = relu(||z||^2 - 2 z.p + ||p||^2)   (ProtoPNet, Chen et al. 2019, `_l2_convolution`
+         followed by `-max_pool2d(-distances)` in cfchen-duke/ProtoPNet model.py)
+  "dot": d = -z.p                               (EvalProtoPNet / ST-ProtoPNet: with z and p
+         L2-normalized this is minus the cosine similarity, with only p normalized it is minus
+         the projection; global max pooling of the similarity = min of d)
+
+XLA materializes the [N, HW, P] distance map (125 MB in float32 for batch 80, 14x14 maps and
+2000 prototypes), writes it and reads it back for the min; the Pallas kernel keeps each
+[block_n * HW, block_p] tile on chip and writes only [N, P] minima and their positions. The
+backward pass needs only those positions: the gradient of a min flows to its argmin, so
+  dL/dp[j]     = sum_n g[n, j] * 2 (p[j] - z[n, a[n, j]])          ("l2")
+  dL/dz[n, hw] = sum_j [a[n, j] = hw] g[n, j] * 2 (z[n, hw] - p[j])
+which are two matmuls with the one-hot matrix of positions (MXU / tensor-core friendly).
+
+File order (STYLE.md, Kernels): block sizes, kernel, jitted wrapper, custom_vjp, reference,
+dispatcher, benchmark. The kernel uses only portable Pallas (grid + BlockSpec, jnp inside the
+body): it targets Pallas TPU (Mosaic) and runs in interpret mode on CPU (the tests). On GPU
+it is lowered through Pallas' Triton backend; a Mosaic GPU (Hopper wgmma) version is future
+work and the GPU benchmark has not been run yet (no GPU in the development session).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+METRICS = ("l2", "dot")
+Metric = Literal["l2", "dot"]
+
+
+# ----------------------------------------------------------------------------- block sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+  """Tile sizes of the kernel.
+
+  Attributes:
+    block_n: images per program (the batch is padded to a multiple).
+    block_p: prototypes per program (the prototypes are padded to a multiple). On TPU the
+      output tile [block_n, block_p] wants block_p a multiple of 128 and block_n of 8.
+    hw_multiple: the spatial axis is padded to a multiple of this (sublane tiling: 8 on TPU);
+      0 pads it to the next power of two (at least 16), as Triton's tiles must be.
+  """
+  block_n: int = 8
+  block_p: int = 128
+  hw_multiple: int = 8
+
+  def __post_init__(self):
+    for name in ("block_n", "block_p"):
+      v = getattr(self, name)
+      if not isinstance(v, int) or v < 1:
+        raise ValueError(f"BlockSizes.{name} must be a positive int, got {v!r}")
+    if not isinstance(self.hw_multiple, int) or self.hw_multiple < 0:
+      raise ValueError(f"BlockSizes.hw_multiple must be an int >= 0, got {self.hw_multiple!r}")
+
+  @classmethod
+  def for_backend(cls, backend: str) -> "BlockSizes":
+    if backend == "gpu":  # Triton: power-of-two tiles, dot operands >= 16.
+      return cls(block_n=4, block_p=64, hw_multiple=0)
+    return cls()
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def _padded_hw(hw: int, multiple: int) -> int:
+  if multiple == 0:
+    return max(16, pl.next_power_of_2(hw))
+  return _round_up(hw, multiple)
+
+
+# ----------------------------------------------------------------------------- kernel
+
+
+def _min_distance_kernel(z_ref, p_ref, dist_ref, idx_ref, *, metric: str, hw: int):
+  """One program: a [block_n, HWp, D] feature tile against a [block_p, D] prototype tile."""
+  z = z_ref[...]
+  p = p_ref[...]
+  bn, hwp, d = z.shape
+  bp = p.shape[0]
+  zf = z.reshape(bn * hwp, d)
+  # [bn * HWp, bp] inner products, accumulated in float32.
+  s = jax.lax.dot_general(zf, p, (((1,), (1,)), ((), ())),
+                          preferred_element_type=jnp.float32)
+  if metric == "l2":
+    zf32 = zf.astype(jnp.float32)
+    p32 = p.astype(jnp.float32)
+    zz = jnp.sum(zf32 * zf32, axis=1, keepdims=True)
+    pp = jnp.sum(p32 * p32, axis=1)[None, :]
+    dist = jnp.maximum(zz - 2.0 * s + pp, 0.0)
+  else:
+    dist = -s
+  dist = dist.reshape(bn, hwp, bp)
+  row = jax.lax.broadcasted_iota(jnp.int32, (bn, hwp, bp), 1)
+  dist = jnp.where(row < hw, dist, jnp.inf)  # padded positions never win
+  m = jnp.min(dist, axis=1)
+  # First position attaining the min (argmin's tie rule), via a min over masked positions:
+  # portable across backends that lack an argmin lowering.
+  idx = jnp.min(jnp.where(dist == m[:, None, :], row, hwp), axis=1)
+  dist_ref[...] = m
+  idx_ref[...] = idx.astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- wrapper
+
+
+def _check_inputs(z, p, metric):
+  if metric not in METRICS:
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+  if z.ndim != 3:
+    raise ValueError(f"features must be [batch, positions, dim], got shape {z.shape}")
+  if p.ndim != 2:
+    raise ValueError(f"prototypes must be [num_prototypes, dim], got shape {p.shape}")
+  if z.shape[-1] != p.shape[-1]:
+    raise ValueError(f"feature dim {z.shape[-1]} != prototype dim {p.shape[-1]}; "
+                     "the add-on layers must output the prototype dimension")
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "block_sizes", "interpret"))
+def prototype_min_distance_pallas(z, p, *, metric: Metric = "l2",
+                                  block_sizes: BlockSizes | None = None,
+                                  interpret: bool = False):
+  """The Pallas kernel (forward only): (min_distance [N, P] f32, argmin [N, P] int32).
+
+  z: [N, HW, D] features, p: [P, D] prototypes (same dtype; bf16 is fine, the dot product
+  accumulates in float32).
+  """
+  _check_inputs(z, p, metric)
+  if block_sizes is None:
+    block_sizes = BlockSizes.for_backend(jax.default_backend())
+  n, hw, d = z.shape
+  num_p = p.shape[0]
+  bn, bp = block_sizes.block_n, block_sizes.block_p
+  hwp = _padded_hw(hw, block_sizes.hw_multiple)
+  n_pad, p_pad = _round_up(n, bn), _round_up(num_p, bp)
+  zp = jnp.pad(z, ((0, n_pad - n), (0, hwp - hw), (0, 0)))
+  pp = jnp.pad(p, ((0, p_pad - num_p), (0, 0)))
+  kernel = functools.partial(_min_distance_kernel, metric=metric, hw=hw)
+  dist, idx = pl.pallas_call(
+      kernel,
+      grid=(n_pad // bn, p_pad // bp),
+      in_specs=[pl.BlockSpec((bn, hwp, d), lambda i, j: (i, 0, 0)),
+                pl.BlockSpec((bp, d), lambda i, j: (j, 0))],
+      out_specs=[pl.BlockSpec((bn, bp), lambda i, j: (i, j)),
+                 pl.BlockSpec((bn, bp), lambda i, j: (i, j))],
+      out_shape=[jax.ShapeDtypeStruct((n_pad, p_pad), jnp.float32),
+                 jax.ShapeDtypeStruct((n_pad, p_pad), jnp.int32)],
+      interpret=interpret,
+      name="prototype_min_distance",
+  )(zp, pp)
+  return dist[:n, :num_p], idx[:n, :num_p]
+
+
+# ----------------------------------------------------------------------------- custom_vjp
+
+
+def _backward(metric, z, p, dist, idx, g):
+  """Cotangents of (z, p) given the cotangent g [N, P] of the min distances."""
+  hw = z.shape[1]
+  g = g.astype(jnp.float32)
+  if metric == "l2":
+    g = jnp.where(dist > 0, g, 0.0)  # relu clamped the min to 0: no gradient (as in XLA)
+  # w[n, hw, j] = g[n, j] where hw is the argmin of (n, j).
+  w = jax.nn.one_hot(idx, hw, axis=1, dtype=jnp.float32) * g[:, None, :]
+  z32, p32 = z.astype(jnp.float32), p.astype(jnp.float32)
+  wp = jnp.einsum("nhj,jd->nhd", w, p32)
+  wz = jnp.einsum("nhj,nhd->jd", w, z32)
+  if metric == "l2":
+    dz = 2.0 * (jnp.sum(w, axis=2)[..., None] * z32 - wp)
+    dp = 2.0 * (jnp.sum(g, axis=0)[:, None] * p32 - wz)
+  else:
+    dz, dp = -wp, -wz
+  return dz.astype(z.dtype), dp.astype(p.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _min_distance_with_grad(z, p, metric, block_sizes, interpret):
+  return prototype_min_distance_pallas(z, p, metric=metric, block_sizes=block_sizes,
+                                       interpret=interpret)
+
+
+def _fwd(z, p, metric, block_sizes, interpret):
+  dist, idx = prototype_min_distance_pallas(z, p, metric=metric, block_sizes=block_sizes,
+                                            interpret=interpret)
+  return (dist, idx), (z, p, dist, idx)
+
+
+def _bwd(metric, block_sizes, interpret, res, cts):
+  del block_sizes, interpret
+  z, p, dist, idx = res
+  g, _ = cts  # the argmin output is integer-valued: its cotangent is ignored
+  return _backward(metric, z, p, dist, idx, g)
+
+
+_min_distance_with_grad.defvjp(_fwd, _bwd)
+
+
+def prototype_min_distance_kernel(z, p, *, metric: Metric = "l2",
+                                  block_sizes: BlockSizes | None = None,
+                                  interpret: bool = False):
+  """The Pallas kernel with its custom VJP: (min_distance [N, P], argmin [N, P])."""
+  _check_inputs(z, p, metric)
+  return _min_distance_with_grad(z, p, metric, block_sizes, interpret)
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def prototype_distance_map(z, p, *, metric: Metric = "l2"):
+  """The full distance map d(z[n, hw], p[j]): [N, HW, P] float32, in plain jnp."""
+  _check_inputs(z, p, metric)
+  s = jnp.einsum("nhd,jd->nhj", z, p, preferred_element_type=jnp.float32)
+  if metric == "dot":
+    return -s
+  z32, p32 = z.astype(jnp.float32), p.astype(jnp.float32)
+  zz = jnp.sum(z32 * z32, axis=-1, keepdims=True)
+  pp = jnp.sum(p32 * p32, axis=-1)
+  return jax.nn.relu(zz - 2.0 * s + pp)
+
+
+def prototype_min_distance_reference(z, p, *, metric: Metric = "l2"):
+  """XLA reference: (min over HW of the distance map [N, P], argmin [N, P] int32)."""
+  dist = prototype_distance_map(z, p, metric=metric)
+  return jnp.min(dist, axis=1), jnp.argmin(dist, axis=1).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- dispatcher
+
+IMPLS = ("auto", "pallas", "xla")
+
+
+def prototype_min_distance(z, p, *, metric: Metric = "l2", impl: str = "auto",
+                           interpret: bool = False):
+  """Global min over positions of prototype distances, differentiable in z and p.
+
+  Args:
+    z: [N, HW, D] features (spatial positions flattened row-major).
+    p: [P, D] prototypes.
+    metric: "l2" (squared Euclidean, clamped at 0) or "dot" (minus the inner product).
+    impl: "pallas" (the kernel), "xla" (the reference) or "auto": the kernel on TPU and GPU,
+      the reference elsewhere (CPU), unless `interpret` asks for the kernel in interpret mode.
+  Returns:
+    (min_distance [N, P] float32, argmin [N, P] int32 index into HW).
+  """
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+  if impl == "auto":
+    impl = "pallas" if (interpret or jax.default_backend() in ("tpu", "gpu")) else "xla"
+  if impl == "xla":
+    return prototype_min_distance_reference(z, p, metric=metric)
+  return prototype_min_distance_kernel(z, p, metric=metric, interpret=interpret)
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+if __name__ == "__main__":
+  # Forward + backward of the prototype layer, kernel vs XLA (full bench: tools/bench_prototype.py).
+  import time
+  key = jax.random.key(0)
+  for hw in (49, 196):
+    z = jax.random.uniform(key, (80, hw, 128))
+    p = jax.random.uniform(jax.random.key(1), (2000, 128))
+    interpret = jax.default_backend() == "cpu"
+    for impl in ("xla", "pallas"):
+      f = jax.jit(jax.grad(lambda z, p: prototype_min_distance(
+          z, p, impl=impl, interpret=interpret)[0].sum(), argnums=(0, 1)))
+      jax.block_until_ready(f(z, p))
+      t = time.perf_counter()
+      jax.block_until_ready(f(z, p))
+      print(f"hw={hw} {impl}: {1e3 * (time.perf_counter() - t):.1f} ms")
