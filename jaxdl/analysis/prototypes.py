@@ -169,6 +169,19 @@ def perturb(normalized_images, rng_key, *, std: float = 0.2, eps: float = 0.25):
 
 # --------------------------------------------------------------------------- model helpers
 
+_JITTED: dict = {}
+
+
+def jitted_apply(model, method: str | None = None, preprocess: Callable | None = None, **kw):
+  """A jitted `(variables, x) -> model.apply(variables, preprocess(x), method=..., **kw)`,
+  cached per (model, method, preprocess, kw) so that repeated calls do not recompile."""
+  key = (id(model), method, id(preprocess), tuple(sorted(kw.items())))
+  if key not in _JITTED:
+    prep = preprocess or (lambda x: x)
+    fn = jax.jit(lambda v, x: model.apply(v, prep(x), method=method, **kw))
+    _JITTED[key] = (model, preprocess, fn)  # holding the objects keeps their ids unique
+  return _JITTED[key][2]
+
 
 def class_activation_maps(model, variables, x, labels, *, batch_size: int = 64):
   """[N, ppc, h, w] activation maps of the prototypes of each image's class.
@@ -176,7 +189,7 @@ def class_activation_maps(model, variables, x, labels, *, batch_size: int = 64):
   x: [N, H, W, C] normalized images; labels: [N].
   """
   ppc = model.prototypes_per_class
-  fn = jax.jit(lambda v, xb: model.apply(v, xb, method="activation_maps"))
+  fn = jitted_apply(model, "activation_maps")
   out = []
   for i in range(0, x.shape[0], batch_size):
     maps = fn(variables, jnp.asarray(x[i:i + batch_size]))  # [B, h, w, P]
@@ -238,7 +251,7 @@ def push_prototypes(model, variables, images, labels, preprocess: Callable, *,
   """
   num_p = model.num_prototypes
   proto_class = np.arange(num_p) // model.prototypes_per_class
-  fwd = jax.jit(lambda v, xb: model.apply(v, xb, method="push_forward", branch=branch))
+  fwd = jitted_apply(model, "push_forward", branch=branch)
   best = np.full(num_p, np.inf)
   best_img = np.full(num_p, -1)
   best_pos = np.zeros(num_p, np.int64)
@@ -284,7 +297,7 @@ def push_prototypes(model, variables, images, labels, preprocess: Callable, *,
 def prototype_boxes(model, variables, images, source_images, preprocess, *,
                     branch: str = "support", percentile: float = 95, batch_size: int = 64):
   """[P, 4] high-activation boxes (y0, y1, x0, x1) of each prototype on its source image."""
-  fn = jax.jit(lambda v, xb: model.apply(v, xb, method="activation_maps", branch=branch))
+  fn = jitted_apply(model, "activation_maps", branch=branch)
   size = images.shape[1:3]
   boxes = np.zeros((len(source_images), 4), np.int64)
   uniq = np.unique(source_images)

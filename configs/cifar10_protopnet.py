@@ -1,0 +1,43 @@
+r"""ProtoPNet on CIFAR-10 with a ResNet-18 backbone.
+
+  python -m jaxdl.train --config configs/cifar10_protopnet.py --workdir /tmp/cifar10_protopnet
+
+ProtoPNet's losses and schedule (configs/cub_protopnet_resnet34.py) on 32x32 CIFAR-10 images
+with standard crop+flip augmentation: 10 prototypes of dim 128 per class, batch 128, 5
+warm-up epochs, joint epochs, pushes after epochs 10 and 20 each followed by 20 last-layer
+epochs. The backbone is `resnet18` from the model zoo (override with
+--config.model.backbone=cnn_cifar and --config.model.backbone_kwargs). `:runlocal` is a CPU
+smoke run on the small CNN.
+"""
+
+import importlib.util
+from pathlib import Path
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg=None):
+  c = _load("cub_protopnet_resnet34").base_config()
+  c.model.backbone = "resnet18"
+  c.model.backbone_kwargs = {}
+  c.dataset.name = "cifar10"
+  c.dataset.augment = "crop_flip"
+  c.interpretability = None
+  c.batch_size = 128
+  c.eval_batch_size = 500
+  c.num_epochs = 21
+  c.push_epochs = (10, 20)
+  if arg == "runlocal" or arg == "cnn":
+    c.model.backbone = "cnn"
+    c.model.backbone_kwargs = dict(features=(32, 64, 128), convs_per_stage=2, use_bn=True)
+  if arg == "runlocal":
+    c.num_train_examples = 256
+    c.batch_size = 32
+    c.max_steps_per_epoch = 2
+    c.num_epochs, c.warm_epochs, c.push_epochs, c.last_layer_epochs = 2, 1, (1,), 1
+  return c

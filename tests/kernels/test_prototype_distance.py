@@ -1,0 +1,110 @@
+"""Prototype distance + min-pool kernel: interpret mode on CPU against a brute-force loop
+and the jnp reference (values, argmin, gradients)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdl.kernels import prototype_distance as pd
+
+
+def brute_force(z, p, metric):
+  """float64 double loop over images, positions and prototypes."""
+  z, p = np.asarray(z, np.float64), np.asarray(p, np.float64)
+  n, hw, _ = z.shape
+  dist = np.full((n, p.shape[0]), np.inf)
+  arg = np.zeros((n, p.shape[0]), np.int64)
+  for i in range(n):
+    for j in range(p.shape[0]):
+      for h in range(hw):
+        d = np.sum((z[i, h] - p[j]) ** 2) if metric == "l2" else -np.dot(z[i, h], p[j])
+        if d < dist[i, j]:
+          dist[i, j], arg[i, j] = d, h
+  return dist, arg
+
+
+@pytest.mark.parametrize("metric", ["l2", "dot"])
+@pytest.mark.parametrize("shape", [(3, 7, 5, 4), (5, 13, 8, 11)])  # n, hw, d, p: all padded
+def test_kernel_equals_brute_force(metric, shape):
+  n, hw, d, num_p = shape
+  kz, kp = jax.random.split(jax.random.key(hash((metric, shape)) % 2**31))
+  z = jax.random.normal(kz, (n, hw, d))
+  p = jax.random.normal(kp, (num_p, d))
+  dist, arg = pd.prototype_min_distance_pallas(
+      z, p, metric=metric, block_sizes=pd.BlockSizes(block_n=2, block_p=4, hw_multiple=8),
+      interpret=True)
+  want_d, want_a = brute_force(z, p, metric)
+  np.testing.assert_allclose(dist, want_d, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(arg, want_a)
+
+
+def test_default_blocks_and_power_of_two_padding():
+  z = jax.random.uniform(jax.random.key(1), (9, 49, 16))
+  p = jax.random.uniform(jax.random.key(2), (20, 16))
+  want = pd.prototype_min_distance_reference(z, p)
+  for bs in (pd.BlockSizes(), pd.BlockSizes.for_backend("gpu")):
+    got = pd.prototype_min_distance_pallas(z, p, block_sizes=bs, interpret=True)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("metric", ["l2", "dot"])
+def test_gradients_match_reference(metric):
+  kz, kp, kg = jax.random.split(jax.random.key(7), 3)
+  z = jax.random.normal(kz, (4, 10, 6))
+  p = jax.random.normal(kp, (6, 6))
+  g = jax.random.normal(kg, (4, 6))
+
+  def loss(impl):
+    return lambda z, p: jnp.sum(g * pd.prototype_min_distance(
+        z, p, metric=metric, impl=impl, interpret=True)[0])
+
+  got = jax.grad(loss("pallas"), argnums=(0, 1))(z, p)
+  want = jax.grad(loss("xla"), argnums=(0, 1))(z, p)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_zero_where_relu_clamps():
+  # A prototype equal to a feature vector: its min distance is 0 (clamped) -> no gradient,
+  # as XLA's relu gives.
+  z = jax.random.normal(jax.random.key(3), (1, 5, 4))
+  p = jnp.concatenate([z[0, 2:3], jnp.ones((1, 4)) * 5.0])
+  f = lambda impl: jax.grad(lambda p: pd.prototype_min_distance(
+      z, p, impl=impl, interpret=True)[0].sum())(p)
+  got, want = f("pallas"), f("xla")
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(got[0], 0.0, atol=1e-6)
+
+
+def test_bfloat16_inputs_accumulate_in_float32():
+  z = jax.random.uniform(jax.random.key(4), (2, 9, 32)).astype(jnp.bfloat16)
+  p = jax.random.uniform(jax.random.key(5), (8, 32)).astype(jnp.bfloat16)
+  got, _ = pd.prototype_min_distance(z, p, impl="pallas", interpret=True)
+  want, _ = brute_force(np.asarray(z, np.float32), np.asarray(p, np.float32), "l2")
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_distance_map_matches_min():
+  z = jax.random.normal(jax.random.key(6), (2, 6, 3))
+  p = jax.random.normal(jax.random.key(8), (4, 3))
+  dmap = pd.prototype_distance_map(z, p)
+  assert dmap.shape == (2, 6, 4)
+  np.testing.assert_allclose(dmap.min(axis=1), brute_force(z, p, "l2")[0], rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_bad_inputs_raise_readable_errors():
+  z, p = jnp.ones((2, 4, 3)), jnp.ones((5, 3))
+  with pytest.raises(ValueError, match="metric must be one of"):
+    pd.prototype_min_distance(z, p, metric="cos", impl="pallas", interpret=True)
+  with pytest.raises(ValueError, match="feature dim 3 != prototype dim 2"):
+    pd.prototype_min_distance(z, jnp.ones((5, 2)), impl="pallas", interpret=True)
+  with pytest.raises(ValueError, match="features must be"):
+    pd.prototype_min_distance(jnp.ones((4, 3)), p, impl="xla")
+  with pytest.raises(ValueError, match="impl must be one of"):
+    pd.prototype_min_distance(z, p, impl="cuda")
+  with pytest.raises(ValueError, match="block_p must be a positive int"):
+    pd.BlockSizes(block_p=0)
