@@ -56,7 +56,7 @@ def peaked_maps(peaks, h=4, w=4):
 
 def test_part_hits_by_hand():
   # 4x4 map upsampled to 40x40: a peak in cell (r, c) lands at pixel ~ (10 r + 4.5, 10 c + 4.5)
-  maps = peaked_maps([[(0, 0), (3, 3)]])
+  maps = peaked_maps([[(0, 0), (2, 2)]])
   up = np.asarray(ap.upsample_bicubic(jnp.asarray(maps), 40))
   y, x = np.unravel_index(up[0, 1].argmax(), (40, 40))
   parts = np.array([[[x, y + 5], [x + 6, y], [x, y - 6], [NAN, NAN], [0.0, 0.0]]], np.float32)
@@ -137,7 +137,14 @@ def test_push_puts_prototypes_on_training_patches(variant):
   prep = lambda x: x.astype(jnp.float32) / 255.0
   v = model.init(jax.random.key(0), prep(jnp.asarray(images[:1])))
   new, info = ap.push_prototypes(model, v, images, labels, prep, batch_size=4)
-  z = np.asarray(model.apply(new, prep(jnp.asarray(images)), method="push_forward")[0])
+  # The push's own forward pass (same jitted function, same batches): bitwise comparable.
+  fwd = ap.jitted_apply(model, "push_forward", branch="support")
+  z = np.concatenate([np.asarray(fwd(new, prep(jnp.asarray(images[i:i + 4])))[0])
+                      for i in (0, 4)])
+  add_on = "add_on_layers" if variant == "protopnet" else "add_on_layers_support"
+  raw = np.asarray(model.apply(
+      v, prep(jnp.asarray(images)),
+      method=lambda m, x: getattr(m, add_on)(m.features(x))))  # the features distances use
   key = "prototypes" if variant == "protopnet" else "prototypes_support"
   protos = np.asarray(new["params"][key]["prototype_vectors"])
   old = np.asarray(v["params"][key]["prototype_vectors"])
@@ -146,11 +153,13 @@ def test_push_puts_prototypes_on_training_patches(variant):
     assert labels[img] == j // 2  # an image of the prototype's class
     np.testing.assert_array_equal(protos[j], z[img, r, c])  # exactly a training patch
     # ... and the nearest one to the old prototype among the class's patches.
-    cand = z[labels == j // 2].reshape(-1, 3)
-    if variant == "protopnet":
+    cand = raw[labels == j // 2].reshape(-1, 3)
+    if variant == "protopnet":  # squared L2; the prototype is the raw patch
       d = ((cand - old[j]) ** 2).sum(-1)
-    else:
+    else:  # ST-ProtoPNet: projection on raw features; the prototype is the normalized patch
       d = -(cand @ (old[j] / np.linalg.norm(old[j])))
+      np.testing.assert_allclose(protos[j], raw[img, r, c] / np.linalg.norm(raw[img, r, c]),
+                                 rtol=1e-5)
     np.testing.assert_allclose(d.min(), info["distance"][j], rtol=1e-4, atol=1e-5)
     y0, y1, x0, x1 = info["box"][j]
     assert 0 <= y0 < y1 <= 8 and 0 <= x0 < x1 <= 8
