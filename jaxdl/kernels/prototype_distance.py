@@ -23,8 +23,10 @@ which are two matmuls with the one-hot matrix of positions (MXU / tensor-core fr
 File order (STYLE.md, Kernels): block sizes, kernel, jitted wrapper, custom_vjp, reference,
 dispatcher, benchmark. The kernel uses only portable Pallas (grid + BlockSpec, jnp inside the
 body): it targets Pallas TPU (Mosaic) and runs in interpret mode on CPU (the tests). On GPU
-it is lowered through Pallas' Triton backend; a Mosaic GPU (Hopper wgmma) version is future
-work and the GPU benchmark has not been run yet (no GPU in the development session).
+it is lowered through Pallas' Triton backend (Mosaic GPU, which JAX recommends on Hopper,
+has no array-level dot: it needs a wgmma kernel on shared-memory refs, future work). Checked
+without a device: `jax.export` lowers the kernel for "tpu" (Mosaic) and for "cuda" (Triton
+IR); neither was compiled or timed on a real accelerator in the development session.
 """
 
 from __future__ import annotations
@@ -131,7 +133,6 @@ def _check_inputs(z, p, metric):
                      "the add-on layers must output the prototype dimension")
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "block_sizes", "interpret"))
 def prototype_min_distance_pallas(z, p, *, metric: Metric = "l2",
                                   block_sizes: BlockSizes | None = None,
                                   interpret: bool = False):
@@ -140,9 +141,16 @@ def prototype_min_distance_pallas(z, p, *, metric: Metric = "l2",
   z: [N, HW, D] features, p: [P, D] prototypes (same dtype; bf16 is fine, the dot product
   accumulates in float32).
   """
+  # The backend is resolved here, outside jit, so that it is part of the cache key.
+  return _pallas_call(z, p, metric=metric, block_sizes=block_sizes, interpret=interpret,
+                      backend=jax.default_backend())
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "block_sizes", "interpret", "backend"))
+def _pallas_call(z, p, *, metric, block_sizes, interpret, backend):
   _check_inputs(z, p, metric)
   if block_sizes is None:
-    block_sizes = BlockSizes.for_backend(jax.default_backend())
+    block_sizes = BlockSizes.for_backend(backend)
   n, hw, d = z.shape
   num_p = p.shape[0]
   bn, bp = block_sizes.block_n, block_sizes.block_p
@@ -151,6 +159,13 @@ def prototype_min_distance_pallas(z, p, *, metric: Metric = "l2",
   zp = jnp.pad(z, ((0, n_pad - n), (0, hwp - hw), (0, 0)))
   pp = jnp.pad(p, ((0, p_pad - num_p), (0, 0)))
   kernel = functools.partial(_min_distance_kernel, metric=metric, hw=hw)
+  compiler_params = None
+  if not interpret and backend == "gpu":
+    # The body uses array-level jnp (dot_general on values), which Pallas lowers through
+    # Triton, not Mosaic GPU (that needs wgmma on shared-memory refs): ask for Triton
+    # explicitly, whatever jax_pallas_use_mosaic_gpu says.
+    from jax.experimental.pallas import triton as pltriton
+    compiler_params = pltriton.CompilerParams(num_warps=4, num_stages=2)
   dist, idx = pl.pallas_call(
       kernel,
       grid=(n_pad // bn, p_pad // bp),
@@ -161,6 +176,7 @@ def prototype_min_distance_pallas(z, p, *, metric: Metric = "l2",
       out_shape=[jax.ShapeDtypeStruct((n_pad, p_pad), jnp.float32),
                  jax.ShapeDtypeStruct((n_pad, p_pad), jnp.int32)],
       interpret=interpret,
+      compiler_params=compiler_params,
       name="prototype_min_distance",
   )(zp, pp)
   return dist[:n, :num_p], idx[:n, :num_p]

@@ -108,3 +108,20 @@ def test_bad_inputs_raise_readable_errors():
     pd.prototype_min_distance(z, p, impl="cuda")
   with pytest.raises(ValueError, match="block_p must be a positive int"):
     pd.BlockSizes(block_p=0)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_kernel_lowers_for_accelerators(platform, monkeypatch):
+  """No accelerator here: lower (not run) forward + backward for TPU (Mosaic) and CUDA
+  (Triton), which catches unsupported primitives and block shapes at the Pallas level."""
+  from jax import export
+  if platform == "cuda":  # the kernel picks Triton compiler params on the GPU backend
+    monkeypatch.setattr(pd.jax, "default_backend", lambda: "gpu")
+  f = jax.jit(jax.grad(lambda z, p: pd.prototype_min_distance_kernel(z, p)[0].sum(),
+                       argnums=(0, 1)))
+  z = jax.ShapeDtypeStruct((16, 49, 128), jnp.float32)
+  p = jax.ShapeDtypeStruct((256, 128), jnp.float32)
+  target = {"tpu": "tpu_custom_call", "cuda": "__gpu$xla.gpu.triton"}[platform]
+  exp = export.export(f, platforms=(platform,),
+                      disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(z, p)
+  assert target in exp.mlir_module()
