@@ -62,3 +62,34 @@ def test_tiny_end_to_end_run(data_dir, repo_root, tmp_path, name):
     assert "eval/accuracy_last_layer" in records[-2]
   else:
     assert np.isfinite([r.get("train/epoch_sdfa", 0.0) for r in records]).all()
+
+
+def test_st_losses_alternate_branches(repo_root):
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from jaxdl import models
+  from jaxdl.layers.prototype import class_identity, l2_normalize
+  from jaxdl.models import protopnet as pp
+  c = load_config(repo_root, "parts_stprotopnet")
+  model = models.create("stprotopnet", num_classes=2, prototypes_per_class=2, prototype_dim=3)
+  rng = np.random.default_rng(0)
+  params = {f"prototypes_{b}": {"prototype_vectors": jnp.asarray(rng.normal(size=(4, 3)))}
+            for b in ("trivial", "support")}
+  params.update({f"last_layer_{b}": {"kernel": jnp.asarray(rng.normal(size=(4, 2)))}
+                 for b in ("trivial", "support")})
+  aux = {b: {"logits": jnp.asarray(rng.normal(size=(3, 2))),
+             "similarities": jnp.asarray(rng.uniform(-1, 1, size=(3, 4)))}
+         for b in ("trivial", "support")}
+  y = jnp.array([0, 1, 1])
+  ident = class_identity(4, 2)
+  for step, b, clst_c, sep_c, extra in ((0, "trivial", -0.8, 0.08, pp.discrimination),
+                                        (1, "support", -0.8, 0.48, pp.closeness)):
+    loss, _ = tp.prototype_losses(model, params, None, aux, y, c, branch_step=step)
+    protos = l2_normalize(params[f"prototypes_{b}"]["prototype_vectors"])
+    clst, sep = pp.max_similarity_terms(aux[b]["similarities"], y, ident)
+    want = (optax.softmax_cross_entropy_with_integer_labels(aux[b]["logits"], y).mean()
+            + clst_c * clst.mean() + sep_c * sep.mean() + 1e-3 * pp.orthogonality(protos, 2)
+            + 1.0 * extra(protos, 2)
+            + 1e-4 * pp.l1_wrong_class(params[f"last_layer_{b}"]["kernel"], ident))
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
