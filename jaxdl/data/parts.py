@@ -21,6 +21,7 @@ With image_size 64 the EvalProtoPNet box half-size 36 (for 224-pixel images) sca
 
 from __future__ import annotations
 
+import functools
 import gzip
 
 import numpy as np
@@ -45,8 +46,9 @@ def _read_idx(path) -> np.ndarray:
   return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+@functools.lru_cache(maxsize=4)
 def mnist_test_digits(data_dir=None):
-  """The 10,000 MNIST test images [N, 28, 28] uint8 and labels [N]."""
+  """The 10,000 MNIST test images [N, 28, 28] uint8 and labels [N] (read once)."""
   images = _read_idx(find_file("mnist/t10k-images-idx3-ubyte.gz", data_dir,
                                how_to_get=_MNIST_HOW_TO_GET))
   labels = _read_idx(find_file("mnist/t10k-labels-idx1-ubyte.gz", data_dir,
@@ -74,10 +76,13 @@ def compose(digit_images, digit_labels, templates, labels, *, image_size: int = 
   """Renders one image per label; returns (images uint8 [N, S, S, 3], parts [N, K, 2])."""
   rng = np.random.default_rng(seed)
   n = len(labels)
-  small = np.stack([np.asarray(Image.fromarray(d).resize((digit_size, digit_size),
-                                                          Image.BILINEAR))
-                    for d in digit_images]).astype(np.float32) / 255.0
   by_digit = [np.nonzero(digit_labels == k)[0] for k in range(NUM_PARTS)]
+
+  @functools.lru_cache(maxsize=None)
+  def small(i):  # resized on first use: small datasets do not resize the whole pool
+    d = Image.fromarray(digit_images[i]).resize((digit_size, digit_size), Image.BILINEAR)
+    return np.asarray(d, np.float32) / 255.0
+
   obj = 3 * digit_size  # the 3x3 layout grid
   margin = image_size - obj - 2 * jitter
   if margin < 0:
@@ -92,7 +97,7 @@ def compose(digit_images, digit_labels, templates, labels, *, image_size: int = 
     for digit, row, col in templates[c]:
       jx, jy = rng.integers(-jitter, jitter + 1, size=2)
       x, y = ox + col * digit_size + jx, oy + row * digit_size + jy
-      d = small[rng.choice(by_digit[digit])][..., None] * colour
+      d = small(int(rng.choice(by_digit[digit])))[..., None] * colour
       patch = images[i, y:y + digit_size, x:x + digit_size]
       images[i, y:y + digit_size, x:x + digit_size] = np.maximum(patch, d)
       parts[i, digit] = (x + digit_size / 2, y + digit_size / 2)

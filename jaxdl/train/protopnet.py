@@ -282,7 +282,8 @@ def train_protopnet(config, workdir) -> dict:
   variables = jax.jit(model.init)(jax.random.key(int(config.seed)), x0)
   variables = flax.core.unfreeze(variables)
   params = variables.pop("params")
-  model_state = variables
+  # Only BatchNorm statistics are state; init also fills the sown "preactivations".
+  model_state = {k: v for k, v in variables.items() if k == "batch_stats"}
   phases = ("warm", "joint", "last")
   txs = {ph: make_optimizer(ph, config) for ph in phases[:2]}
   opt_states = {ph: txs[ph].init(params) for ph in phases[:2]}
@@ -376,4 +377,82 @@ def train_protopnet(config, workdir) -> dict:
   writer.write(global_step, {f"final/{k}": v for k, v in result.items()})
   writer.close()
   (workdir / "final_params.msgpack").write_bytes(flax.serialization.to_bytes(variables))
+  return result
+
+
+@register_trainer("protopnet_eval")
+def evaluate_protopnet(config, workdir) -> dict:
+  """Evaluates the latest checkpoint of a `protopnet` run in `workdir` (e.g. one stopped
+  before its last epoch): accuracy, and after a push + last-layer phase when the
+  checkpoint has not been pushed yet (ProtoPNet, ST-ProtoPNet), accuracy again and the
+  consistency and stability scores. Writes WORKDIR/final_eval.json.
+
+    python -m jaxdl.train --config configs/X.py --workdir DIR --config.trainer=protopnet_eval
+  """
+  workdir = Path(workdir)
+  ds_kwargs = dict(config.dataset.get("kwargs", {}))
+  info = jdata.get_info(config.dataset.name, **ds_kwargs)
+  train = _load(config, config.dataset.get("train_split", "train"))
+  test = _load(config, config.dataset.get("eval_split", "test"))
+  if config.get("num_train_examples"):
+    train = {k: v[:int(config.num_train_examples)] for k, v in train.items()}
+  model = create_model(config, info)
+  preprocess = make_preprocess(info)
+  x0 = jnp.zeros((1, *train["inputs"].shape[1:]), jnp.float32)
+  variables = flax.core.unfreeze(jax.jit(model.init)(jax.random.key(0), x0))
+  params = variables.pop("params")
+  state = {"params": params,
+           "model_state": {k: v for k, v in variables.items() if k == "batch_stats"},
+           "opt": {ph: make_optimizer(ph, config).init(params) for ph in ("warm", "joint")}}
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+  ckpt = Checkpointer(workdir / "checkpoints", keep=2, async_save=False)
+  try:
+    epochs_done, state = ckpt.restore_latest(abstract)
+  except errors.ConfigError:
+    # Checkpoints of the first version of this trainer also held the sown pre-activations
+    # of the last training batch in model_state; rebuild that structure to read them.
+    xb = jnp.zeros((int(config.batch_size), *x0.shape[1:]), jnp.float32)
+    _, legacy = jax.eval_shape(lambda v: model.apply(
+        v, xb, train=True, with_aux=True, mutable=["batch_stats", "preactivations"]),
+        {"params": params, **state["model_state"]})
+    abstract["model_state"] = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), dict(legacy))
+    epochs_done, state = ckpt.restore_latest(abstract)
+    state["model_state"] = {"batch_stats": state["model_state"]["batch_stats"]}
+  ckpt.close()
+  if state is None:
+    raise errors.ConfigError(f"no checkpoint in {workdir}/checkpoints; train first with "
+                             "config.trainer=protopnet")
+  params, model_state = state["params"], state["model_state"]
+  variables = {"params": params, **model_state}
+  eval_bs = int(config.get("eval_batch_size", 256))
+  result: dict[str, Any] = {"epochs_trained": int(epochs_done)}
+  result["accuracy"] = evaluate(model, variables, preprocess, test["inputs"], test["targets"],
+                                eval_bs)
+  pushed = (int(epochs_done) - 1) in set(int(e) for e in config.get("push_epochs", ()))
+  if model.variant != "evalprotopnet" and not pushed and config.get("push_epochs", ()):
+    for branch in (model.branches if model.variant == "stprotopnet" else [""]):
+      variables, _ = proto_analysis.push_prototypes(
+          model, variables, train["inputs"], train["targets"], preprocess,
+          batch_size=eval_bs, branch=branch or "support", with_boxes=False)
+    params = variables["params"]
+    result["accuracy_push"] = evaluate(model, variables, preprocess, test["inputs"],
+                                       test["targets"], eval_bs)
+    if int(config.get("last_layer_epochs", 0)) > 0:
+      acts = {k: prototype_activations(model, variables, preprocess, train["inputs"], eval_bs,
+                                       branch=b or "support")
+              for k, b in last_layer_names(model).items()}
+      params, _, _ = train_last_layer(model, params, acts, train["targets"], config,
+                                      np.random.default_rng(int(config.seed)))
+      variables = {"params": params, **model_state}
+      result["accuracy_last_layer"] = evaluate(model, variables, preprocess, test["inputs"],
+                                               test["targets"], eval_bs)
+  if "parts" in test and config.get("interpretability", None) is not None:
+    n = int(config.interpretability.get("num_images", len(test["inputs"])))
+    result.update(proto_analysis.interpretability_scores(
+        model, variables, test["inputs"][:n], test["targets"][:n], test["parts"][:n],
+        preprocess, half_size=int(config.interpretability.half_size),
+        threshold=float(config.interpretability.get("threshold", 0.8)), batch_size=eval_bs))
+  (workdir / "final_eval.json").write_text(json.dumps(result, indent=2))
+  log.info("evaluation of %s: %s", workdir, json.dumps(result))
   return result

@@ -41,13 +41,14 @@ def test_paper_configs(repo_root):
                                                                                  1e-4, 12)
 
 
-@pytest.mark.parametrize("name", ["parts_protopnet", "parts_evalprotopnet"])
+@pytest.mark.parametrize("name", ["parts_protopnet",
+                                  pytest.param("parts_evalprotopnet", marks=pytest.mark.slow)])
 def test_tiny_end_to_end_run(data_dir, repo_root, tmp_path, name):
   c = load_config(repo_root, name, "runlocal")
   c.num_train_examples = 64
   c.max_steps_per_epoch = 2
   c.dataset.kwargs = dict(num_classes=10, image_size=64, num_examples=100)
-  c.interpretability.num_images = 50
+  c.interpretability.num_images = 30
   out = get_trainer("protopnet")(c, tmp_path)
   assert 0.0 <= out["final_accuracy"] <= 1.0
   assert 0.0 <= out["consistency"] <= 100.0 and 0.0 <= out["stability"] <= 100.0
