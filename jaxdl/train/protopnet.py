@@ -406,19 +406,7 @@ def evaluate_protopnet(config, workdir) -> dict:
            "opt": {ph: make_optimizer(ph, config).init(params) for ph in ("warm", "joint")}}
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
   ckpt = Checkpointer(workdir / "checkpoints", keep=2, async_save=False)
-  try:
-    epochs_done, state = ckpt.restore_latest(abstract)
-  except errors.ConfigError:
-    # Checkpoints of the first version of this trainer also held the sown pre-activations
-    # of the last training batch in model_state; rebuild that structure to read them.
-    xb = jnp.zeros((int(config.batch_size), *x0.shape[1:]), jnp.float32)
-    _, legacy = jax.eval_shape(lambda v: model.apply(
-        v, xb, train=True, with_aux=True, mutable=["batch_stats", "preactivations"]),
-        {"params": params, **state["model_state"]})
-    abstract["model_state"] = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), dict(legacy))
-    epochs_done, state = ckpt.restore_latest(abstract)
-    state["model_state"] = {"batch_stats": state["model_state"]["batch_stats"]}
+  epochs_done, state = ckpt.restore_latest(abstract)
   ckpt.close()
   if state is None:
     raise errors.ConfigError(f"no checkpoint in {workdir}/checkpoints; train first with "
