@@ -38,6 +38,14 @@ from jaxdl.models.registry import register
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # kaiming_normal_
 
 
+def drop_path_rates(drop_path_rate: float, num_blocks_list: Sequence[int]
+                    ) -> list[tuple[float, ...]]:
+  """Per stage, the drop-path rate of each block: linspace(0, rate, total blocks), split."""
+  dp = np.linspace(0.0, drop_path_rate, sum(num_blocks_list))
+  ends = np.cumsum(num_blocks_list)
+  return [tuple(float(r) for r in part) for part in np.split(dp, ends[:-1])]
+
+
 class EffectiveSE(nn.Module):
   """Effective squeeze-excitation (Lee & Park 2020, CenterMask): x * hsigmoid(fc(mean(x)))."""
   dtype: Any = None
@@ -199,8 +207,7 @@ class RDNet(nn.Module):
     x = nn.Conv(self.num_init_features, (p, p), strides=(p, p), padding="VALID",
                 kernel_init=_conv_init, name="stem_0", **kw)(x)
     x = layer_norm("stem_1", **kw)(x)
-    dp = np.linspace(0.0, self.drop_path_rate, sum(self.num_blocks_list))
-    offsets = np.cumsum([0] + list(self.num_blocks_list))
+    dp = drop_path_rates(self.drop_path_rate, self.num_blocks_list)
     num_features = self.num_init_features
     for i, growth in enumerate(self.growth_rates):
       j = 0  # index inside timm's per-stage nn.Sequential
@@ -212,7 +219,7 @@ class RDNet(nn.Module):
                     kernel_init=_conv_init, name=f"dense_stages_{i}_1", **kw)(x)
         j = 2
       n = self.num_blocks_list[i]
-      x = DenseStage(n, growth, tuple(float(r) for r in dp[offsets[i]:offsets[i] + n]),
+      x = DenseStage(n, growth, dp[i],
                      ese=self.block_types[i].lower() == "blockese",
                      bottleneck_width_ratio=self.bottleneck_width_ratio,
                      ls_init_value=self.ls_init_value, drop_rate=self.proj_drop_rate,

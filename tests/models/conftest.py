@@ -41,3 +41,29 @@ def count_params():
 def fast_jit():
   """jax.jit with LLVM optimizations off: several times faster to compile on CPU."""
   return functools.partial(jax.jit, compiler_options=FAST)
+
+
+def _draw(path, shape_dtype, rng):
+  leaf, shape = path[-1].key, shape_dtype.shape
+  if leaf == "kernel":
+    return rng.standard_normal(shape) * np.sqrt(1.0 / np.prod(shape[:-1]))
+  if leaf in ("scale", "var", "gamma"):
+    return rng.uniform(0.5, 1.5, shape)
+  return 0.1 * rng.standard_normal(shape)
+
+
+@pytest.fixture(scope="session")
+def random_variables():
+  """random_variables(model, x, seed=0) -> {"params", ["batch_stats"]} drawn in numpy.
+
+  Same structure as `model.init` (from `jax.eval_shape`, no compilation), random values
+  (kernels N(0, 1/fan_in), scales and variances U(0.5, 1.5), the rest N(0, 0.01)).
+  Compiling `model.init` costs several times a forward pass on CPU.
+  """
+  def make(model, x, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    return {c: jax.tree_util.tree_map_with_path(
+        lambda p, s: jnp.asarray(_draw(p, s, rng), s.dtype), shapes[c])
+        for c in ("params", "batch_stats") if c in shapes}
+  return make

@@ -15,11 +15,9 @@ Y = np.arange(4) % 5
 
 
 @pytest.fixture(scope="module")
-def tiny(fast_jit):
+def tiny(random_variables):
   model = models.create("densenet_bc_100_k12", **TINY)
-  variables = fast_jit(model.init)(jax.random.key(0), X)
-  # init also returns the sown "preactivations": keep only the state.
-  return model, {k: variables[k] for k in ("params", "batch_stats")}
+  return model, random_variables(model, X)
 
 
 def test_shapes_and_channel_growth(tiny, fast_jit):
