@@ -8,7 +8,7 @@ with standard crop+flip augmentation: 10 prototypes of dim 64 per class, batch 1
 epochs, joint epochs, pushes after epochs 10 and 20 each followed by 20 last-layer epochs.
 The backbone is `resnet20` (He et al. 2016, Sec. 4.2: an 8x8x64 last feature map for 32x32
 images; the ImageNet ResNets reduce 32x32 inputs to 1x1). `:cpu` is the short run of
-RESULTS.md (20,000 training images, 3 epochs, one push); `:runlocal` a smoke run.
+RESULTS.md (a random 5,000 training images, 2 epochs, one push); `:runlocal` a smoke run.
 """
 
 import importlib.util
@@ -35,8 +35,8 @@ def get_config(arg=None):
   c.num_epochs = 21
   c.push_epochs = (10, 20)
   if arg == "cpu":
-    c.num_train_examples = 20000
-    c.num_epochs, c.warm_epochs, c.push_epochs, c.last_layer_epochs = 3, 1, (2,), 3
+    c.num_train_examples = 5000
+    c.num_epochs, c.warm_epochs, c.push_epochs, c.last_layer_epochs = 2, 1, (1,), 3
     c.log_every_steps = 20
   if arg == "runlocal" or arg == "cnn":
     c.model.backbone = "cnn"

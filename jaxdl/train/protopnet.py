@@ -257,6 +257,16 @@ def create_model(config, info):
   return models.create(config.model.name, **kw)
 
 
+def _subset(train, config):
+  """A seeded random subset of `num_train_examples` training examples (loaders may sort
+  by class, so the first N would miss classes), in the loader's order."""
+  n = int(config.get("num_train_examples", 0) or 0)
+  if not n or n >= len(train["targets"]):
+    return train
+  idx = np.sort(np.random.default_rng(1234).permutation(len(train["targets"]))[:n])
+  return {k: v[idx] for k, v in train.items()}
+
+
 def _load(config, split):
   ds = config.dataset
   return jdata.load(ds.name, split, ds.get("data_dir") or None, **dict(ds.get("kwargs", {})))
@@ -272,8 +282,7 @@ def train_protopnet(config, workdir) -> dict:
   info = jdata.get_info(config.dataset.name, **ds_kwargs)
   train = _load(config, config.dataset.get("train_split", "train"))
   test = _load(config, config.dataset.get("eval_split", "test"))
-  if config.get("num_train_examples"):
-    train = {k: v[:int(config.num_train_examples)] for k, v in train.items()}
+  train = _subset(train, config)
   model = create_model(config, info)
   preprocess = make_preprocess(info)
   augment = jdata.pipeline.get_augmentation(config.dataset.get("augment", None))
@@ -394,8 +403,7 @@ def evaluate_protopnet(config, workdir) -> dict:
   info = jdata.get_info(config.dataset.name, **ds_kwargs)
   train = _load(config, config.dataset.get("train_split", "train"))
   test = _load(config, config.dataset.get("eval_split", "test"))
-  if config.get("num_train_examples"):
-    train = {k: v[:int(config.num_train_examples)] for k, v in train.items()}
+  train = _subset(train, config)
   model = create_model(config, info)
   preprocess = make_preprocess(info)
   x0 = jnp.zeros((1, *train["inputs"].shape[1:]), jnp.float32)
