@@ -54,6 +54,7 @@ def parts_setting(c, arg=None):
   c.model.prototypes_per_class = 10
   c.dataset.name = "mnist_parts"
   c.dataset.kwargs = dict(num_classes=10, image_size=64)
+  c.train_subset = "first"            # mnist_parts is already shuffled
   c.interpretability.half_size = 10   # 36 * 64 / 224
   c.batch_size = 64
   c.eval_batch_size = 250

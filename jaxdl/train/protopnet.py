@@ -258,11 +258,14 @@ def create_model(config, info):
 
 
 def _subset(train, config):
-  """A seeded random subset of `num_train_examples` training examples (loaders may sort
-  by class, so the first N would miss classes), in the loader's order."""
+  """`num_train_examples` training examples: a seeded random subset in the loader's order
+  (`train_subset="random"`, the default: loaders may sort by class, as CIFAR-10's does), or
+  the first ones (`"first"`, for loaders that already shuffle, e.g. mnist_parts)."""
   n = int(config.get("num_train_examples", 0) or 0)
   if not n or n >= len(train["targets"]):
     return train
+  if config.get("train_subset", "random") == "first":
+    return {k: v[:n] for k, v in train.items()}
   idx = np.sort(np.random.default_rng(1234).permutation(len(train["targets"]))[:n])
   return {k: v[idx] for k, v in train.items()}
 
