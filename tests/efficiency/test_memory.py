@@ -10,6 +10,7 @@ import pytest
 
 from jaxdl import errors, models
 from jaxdl.efficiency import activation_memory, measured_memory
+from jaxdl.efficiency import graph as G
 from jaxdl.models.mobilenet import InvertedResidualNet
 
 
@@ -100,3 +101,14 @@ def test_xla_measured_memory_falls_with_patches():
     computed = activation_memory(model, v, shape, dtype="float32", inplace=False, **kw)
     assert m["temp_bytes"] == pytest.approx(computed["peak_bytes"], rel=0.1)
   assert patched["temp_bytes"] < full["temp_bytes"] / 5
+
+
+@pytest.mark.parametrize("name, resolution, millions", [
+    ("mcunet_in3", 176, 81.8),   # mit-han-lab/mcunet README
+    ("mcunet_vww2", 144, 55.8),  # idem
+])
+def test_traced_macs_match_published(name, resolution, millions):
+  model = models.create(name)
+  shape = (1, resolution, resolution, 3)
+  g = G.trace(model, _shapes(model, shape), shape)
+  assert round(sum(G.macs_per_image(g, n) for n in g.nodes) / 1e6, 1) == millions
