@@ -29,12 +29,9 @@ recomputes identically).
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Sequence
+from typing import Sequence
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxdl import errors

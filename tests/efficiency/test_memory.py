@@ -1,7 +1,5 @@
 """Activation memory: MCUNetV2's published MobileNetV2 numbers, a hand count, XLA's analysis."""
 
-from functools import partial
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -50,7 +50,8 @@ def test_mobilenetv2_logits_equal_full_pass(init_random):
 
 def test_mcunet_logits_equal_full_pass(init_random):
   # mcunet-in0 at its 48x48 resolution: 6x6 stage output in 4 uneven patches.
-  _check(init_random, models.create("mcunet_in0", num_classes=10), (1, 48, 48, 3), split=5, num_patches=4)
+  _check(init_random, models.create("mcunet_in0", num_classes=10), (1, 48, 48, 3), split=5,
+         num_patches=4)
 
 
 @pytest.mark.parametrize("hw, split, num_patches", [((32, 32), 2, 2), ((27, 27), 1, 3)])
@@ -133,7 +134,8 @@ def test_global_op_in_patch_stage_is_refused():
   model = _SENet()
   v = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
   g = G.trace(model, v, (1, 16, 16, 3))
-  with pytest.raises(errors.ConfigError, match="cannot run 'mul' at blocks_0_0.*pooled.*smaller split"):
+  with pytest.raises(errors.ConfigError,
+                     match="cannot run 'mul' at blocks_0_0.*pooled.*smaller split"):
     P.make_plan(g, 1, 2)
 
 

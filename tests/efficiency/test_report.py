@@ -2,10 +2,6 @@
 
 import re
 
-import jax
-import jax.numpy as jnp
-import pytest
-
 from jaxdl import models
 from jaxdl.efficiency import Redistribution, activation_memory, mac_overhead, redistribute
 from jaxdl.efficiency import report
