@@ -19,10 +19,13 @@ patch inference): the stem, then `denseblock1, transition1, ..., denseblock{B}`,
 
 Memory-efficient dense layers (Pleiss et al. 2017, "Memory-Efficient Implementation of
 DenseNets"): with `memory_efficient=True` the concatenation + norm1 + ReLU + conv1 of every
-dense layer runs under `jax.checkpoint` with the `nothing_saveable` policy. That part's
-activations grow quadratically with depth (layer l reads C0 + l*k channels); it is recomputed
-in the backward pass instead of stored, and only the O(k)-channel outputs of each layer stay
-live. The forward values are identical.
+dense layer (and the cheap elementwise norm2 + ReLU after it) is recomputed in the backward
+pass instead of stored. The first part's activations grow quadratically with depth (layer l
+reads C0 + l*k channels); only each layer's k new channels and the bn_size*k-channel input
+of its conv2 stay live. The forward values are identical. `remat="recompute"`
+(default) does it with a custom VJP (jaxdl.layers.remat) that works on every backend;
+`remat="checkpoint"` uses `jax.checkpoint` with the `nothing_saveable` policy, which XLA:CPU
+undoes (it expands optimization barriers before CSE), see BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -37,38 +40,119 @@ import jax.numpy as jnp
 from jaxdl import errors
 from jaxdl.layers import sow_relu
 from jaxdl.layers.norm import batch_norm
+from jaxdl.layers.remat import recompute_in_backward
 from jaxdl.models.registry import register
 
 # timm / torchvision initialize every conv with kaiming_normal_ (fan_in, gain sqrt(2)).
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
+class _BatchNormVariables(nn.Module):
+  """The variables of `nn.BatchNorm` (same names and initial values), for a functional BN."""
+  features: int
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self):
+    scale = self.param("scale", nn.initializers.ones, (self.features,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((self.features,),
+                                                                  jnp.float32))
+    var = self.variable("batch_stats", "var", lambda: jnp.ones((self.features,), jnp.float32))
+    return scale, bias, (mean, var)
+
+
+class _ConvKernel(nn.Module):
+  """The kernel of a bias-free `nn.Conv` (same name and initializer)."""
+  shape: tuple
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self):
+    return self.param("kernel", _conv_init, self.shape, self.param_dtype)
+
+
+def _batch_norm_fn(x, scale, bias, running_mean, running_var, train, dtype, epsilon=1e-5):
+  """`nn.BatchNorm`'s arithmetic as a function: (y, batch mean, batch variance)."""
+  if train:
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean = xf.mean(axis=(0, 1, 2))
+    var = jnp.square(xf - mean).mean(axis=(0, 1, 2))  # two-pass, as use_fast_variance=False
+  else:
+    mean, var = running_mean, running_var
+  y = (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+  return y.astype(dtype or jnp.result_type(x, scale, bias)), mean, var
+
+
+def _bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre):
+  """concat - BN - ReLU - conv1x1 - BN - ReLU of a dense layer, as one pure function.
+
+  features: tuple of [N, H, W, C_i]; norm1 / norm2: (scale, bias, running mean, running
+  variance); conv1: kernel [1, 1, sum C_i, bn_size * k]. Returns (h [N, H, W, bn_size * k]
+  = the input of conv2, (batch mean, batch variance) of norm1 and of norm2[, the inputs of
+  both ReLUs]). This is the part that `memory_efficient` recomputes in the backward pass.
+  """
+  x = jnp.concatenate(features, axis=-1) if len(features) > 1 else features[0]
+  y1, m1, v1 = _batch_norm_fn(x, *norm1, train, dtype)
+  cdt = dtype or jnp.result_type(y1, conv1)
+  z = jax.lax.conv_general_dilated(jax.nn.relu(y1).astype(cdt), conv1.astype(cdt), (1, 1),
+                                   "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y2, m2, v2 = _batch_norm_fn(z, *norm2, train, dtype)
+  out = (jax.nn.relu(y2), (m1, v1), (m2, v2))
+  return out + ((y1, y2),) if want_pre else out
+
+
 class DenseLayer(nn.Module):
-  """One bottleneck layer: new features [N, H, W, k] from the list of earlier features."""
+  """One bottleneck layer: new features [N, H, W, k] from the list of earlier features.
+
+  Attributes:
+    memory_efficient: recompute concat + norm1 + ReLU + conv1 (+ norm2 + ReLU, cheap
+      elementwise work whose four saved [N, H, W, 4k] tensors would otherwise dominate) in
+      the backward pass; only the layer inputs and the input of conv2 stay stored.
+    remat: how. "recompute" (default): a custom VJP that re-runs them on the saved inputs,
+      effective on every backend. "checkpoint": `jax.checkpoint` with the
+      `nothing_saveable` policy, effective on GPU/TPU but undone by XLA:CPU, which expands
+      the optimization barriers and merges the recomputation with the forward pass.
+  """
   growth_rate: int
   bn_size: int = 4
   drop_rate: float = 0.0
   memory_efficient: bool = False
+  remat: str = "recompute"
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], train: bool = False) -> jax.Array:
-    conv = partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
-    bn = partial(batch_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
-
-    def bottleneck(mdl, feats):
-      x = jnp.concatenate(feats, axis=-1) if len(feats) > 1 else feats[0]
-      x = sow_relu(mdl, bn(name="norm1")(x), "relu1")
-      return conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(x)
-
+    c_in = sum(f.shape[-1] for f in features)
+    width = self.bn_size * self.growth_rate
+    *norm1, stats1 = _BatchNormVariables(c_in, self.param_dtype, name="norm1")()
+    kernel = _ConvKernel((1, 1, c_in, width), self.param_dtype, name="conv1")()
+    *norm2, stats2 = _BatchNormVariables(width, self.param_dtype, name="norm2")()
+    want_pre = self.is_mutable_collection("preactivations")
+    fn = partial(_bottleneck, train=train, dtype=self.dtype, want_pre=want_pre)
     if self.memory_efficient:
-      # Recompute concat + BN + ReLU + conv1 in the backward pass: nothing inside is saved.
-      bottleneck = nn.checkpoint(bottleneck, policy=jax.checkpoint_policies.nothing_saveable)
-    x = bottleneck(self, tuple(features))
-    x = sow_relu(self, bn(name="norm2")(x), "relu2")
-    x = conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(x)
+      if self.remat == "recompute":
+        fn = recompute_in_backward(fn)
+      elif self.remat == "checkpoint":
+        fn = jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
+      else:
+        raise errors.ConfigError(f"DenseNet remat must be 'recompute' or 'checkpoint', got "
+                                 f"{self.remat!r}.")
+    out = fn(tuple(features), tuple(norm1) + tuple(v.value for v in stats1), kernel,
+             tuple(norm2) + tuple(v.value for v in stats2))
+    h = out[0]
+    if want_pre:
+      self.sow("preactivations", "relu1", out[3][0])
+      self.sow("preactivations", "relu2", out[3][1])
+    if train and not self.is_initializing():
+      # nn.BatchNorm's update (momentum 0.9 = PyTorch's 0.1), on the biased batch variance.
+      for variables, batch in ((stats1, out[1]), (stats2, out[2])):
+        for var, b in zip(variables, batch):
+          var.value = 0.9 * var.value + 0.1 * jax.lax.stop_gradient(b)
+    x = nn.Conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                kernel_init=_conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                name="conv2")(h)
     if self.drop_rate > 0:
       x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
     return x
@@ -81,6 +165,7 @@ class DenseBlock(nn.Module):
   bn_size: int = 4
   drop_rate: float = 0.0
   memory_efficient: bool = False
+  remat: str = "recompute"
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -89,8 +174,8 @@ class DenseBlock(nn.Module):
     features = [x]
     for i in range(self.num_layers):
       features.append(DenseLayer(self.growth_rate, self.bn_size, self.drop_rate,
-                                 self.memory_efficient, self.dtype, self.param_dtype,
-                                 name=f"denselayer{i + 1}")(features, train))
+                                 self.memory_efficient, self.remat, self.dtype,
+                                 self.param_dtype, name=f"denselayer{i + 1}")(features, train))
     return jnp.concatenate(features, axis=-1)
 
 
@@ -124,6 +209,8 @@ class DenseNet(nn.Module):
     proj_drop_rate: dropout after each dense layer (timm's `proj_drop_rate`; the paper's
       dropout 0.2 for CIFAR without augmentation).
     memory_efficient: rematerialize concat + BN + ReLU + conv1 of each dense layer.
+    remat: "recompute" (custom VJP, every backend) or "checkpoint" (`jax.checkpoint` with
+      the nothing_saveable policy: GPU/TPU only, XLA:CPU undoes it), see DenseLayer.
     features_only: return the final feature map after norm5 + ReLU, [N, h, w, C].
     dtype: compute dtype (None = float32); BN statistics stay float32.
     param_dtype: parameter dtype.
@@ -138,6 +225,7 @@ class DenseNet(nn.Module):
   drop_rate: float = 0.0
   proj_drop_rate: float = 0.0
   memory_efficient: bool = False
+  remat: str = "recompute"
   features_only: bool = False
   dtype: Any = None
   param_dtype: Any = jnp.float32
@@ -161,7 +249,8 @@ class DenseNet(nn.Module):
                   kernel_init=_conv_init, name="conv0", **kw)(x)
     for i, num_layers in enumerate(self.block_config):
       x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.proj_drop_rate,
-                     self.memory_efficient, name=f"denseblock{i + 1}", **kw)(x, train)
+                     self.memory_efficient, self.remat, name=f"denseblock{i + 1}",
+                     **kw)(x, train)
       num_features += num_layers * self.growth_rate
       if i != len(self.block_config) - 1:
         num_features = int(num_features * self.compression)

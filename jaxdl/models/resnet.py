@@ -58,7 +58,6 @@ class BasicBlock(nn.Module):
   zero_init_last: bool = True
   dtype: Any = None
   param_dtype: Any = jnp.float32
-  expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -81,7 +80,6 @@ class Bottleneck(nn.Module):
   zero_init_last: bool = True
   dtype: Any = None
   param_dtype: Any = jnp.float32
-  expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

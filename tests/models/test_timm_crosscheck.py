@@ -27,7 +27,8 @@ pytestmark = pytest.mark.torch
 CASES = [("densenet121", 64, (0.5, 1.5)), ("rdnet_tiny", 64, (0.5, 1.5)),
          ("resnet50", 64, (0.5, 4.0)), ("mobilenetv2_100", 64, (0.5, 1.5)),
          ("resnet18", 64, (0.5, 2.5)), ("vgg11", 32, (0.5, 1.5)),
-         ("densenet161", 64, (0.5, 1.5)), ("rdnet_small", 64, (0.5, 1.5))]
+         ("densenet161", 64, (0.5, 1.5)), ("rdnet_small", 64, (0.5, 1.5)),
+         ("mobilenetv2_035", 64, (0.5, 1.5))]
 
 
 @pytest.mark.parametrize("name,res,var_range", CASES)

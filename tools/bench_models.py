@@ -1,0 +1,194 @@
+"""Train-step and inference throughput (images/s): jaxdl vs timm (PyTorch), same machine.
+
+  PYTHONPATH=. python tools/bench_models.py                    # the BENCHMARKS.md table
+  PYTHONPATH=. python tools/bench_models.py --models resnet50 --repeats 3 --train-batch 8
+
+jaxdl runs in this process (jit-compiled, float32); timm runs in a worker process of the
+PyTorch environment (--torch-python, default /work/torchvenv/bin/python; eager float32,
+NCHW, `torch.inference_mode` for inference). For every model and mode the two are timed in
+turns (jaxdl, timm, jaxdl, timm, ...) after one warm-up call each, so that load from other
+processes on a shared machine hits both alike; the table reports medians and the ratio
+jaxdl / timm (> 1: jaxdl faster). Train step = forward + backward + SGD-momentum update with
+BatchNorm in training mode. Compile time is excluded (reported separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RES = {"densenet_bc_100_k12": 32}
+NUM_CLASSES = {"densenet_bc_100_k12": 10}
+
+
+# ---- timm worker (runs under the PyTorch interpreter; no jax import) ----------------------
+
+def _timm_model(name):
+  import timm
+  import torch
+  if name == "densenet_bc_100_k12":
+    # timm has no CIFAR DenseNet: its DenseNet-BC with the paper's 3x3 stem, no stem BN/pool.
+    model = timm.models.densenet.DenseNet(growth_rate=12, block_config=(16, 16, 16),
+                                          num_classes=10)
+    model.features.conv0 = torch.nn.Conv2d(3, 24, 3, padding=1, bias=False)
+    model.features.norm0 = torch.nn.Identity()
+    model.features.pool0 = torch.nn.Identity()
+    return model
+  return timm.create_model(name, pretrained=False)
+
+
+def torch_worker():
+  import torch
+  torch.set_num_threads(os.cpu_count() or 1)
+  state = {}
+  for line in sys.stdin:
+    cmd = json.loads(line)
+    key = (cmd["model"], cmd["mode"], cmd["batch"])
+    if key not in state:
+      model = _timm_model(cmd["model"])
+      res = RES.get(cmd["model"], 224)
+      x = torch.randn(cmd["batch"], 3, res, res)
+      y = torch.randint(0, NUM_CLASSES.get(cmd["model"], 1000), (cmd["batch"],))
+      opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+      model.train(cmd["mode"] == "train")
+
+      def run(model=model, x=x, y=y, opt=opt, mode=cmd["mode"]):
+        if mode == "train":
+          opt.zero_grad(set_to_none=True)
+          loss = torch.nn.functional.cross_entropy(model(x), y)
+          loss.backward()
+          opt.step()
+        else:
+          with torch.inference_mode():
+            model(x)
+      t0 = time.perf_counter()
+      run()  # warm-up
+      state[key] = run
+      params = sum(p.numel() for p in model.parameters())
+      print(json.dumps({"warmup_s": time.perf_counter() - t0, "params": params}), flush=True)
+      continue
+    t0 = time.perf_counter()
+    state[key]()
+    print(json.dumps({"s": time.perf_counter() - t0}), flush=True)
+
+
+class TorchWorker:
+  def __init__(self, python):
+    self.proc = subprocess.Popen([python, __file__, "--torch-worker"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, cwd=REPO)
+
+  def call(self, **cmd):
+    self.proc.stdin.write(json.dumps(cmd) + "\n")
+    self.proc.stdin.flush()
+    while True:  # skip anything else the worker's imports print
+      line = self.proc.stdout.readline()
+      if not line:
+        raise RuntimeError("the timm worker died; run it by hand to see why")
+      if line.startswith("{"):
+        return json.loads(line)
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait(timeout=60)
+
+
+# ---- jaxdl side ----------------------------------------------------------------------------
+
+def jax_runner(name, mode, batch):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  import jaxdl.models as models
+  model = models.create(name)
+  res = RES.get(name, 224)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, res, res, 3), dtype=np.float32))
+  y = jnp.asarray(rng.integers(0, NUM_CLASSES.get(name, 1000), batch), jnp.int32)
+  t0 = time.perf_counter()
+  # Initialization speed is not measured: compile it without LLVM optimizations.
+  v = jax.jit(model.init, compiler_options={"xla_backend_optimization_level": 0})(
+      jax.random.key(0), x[:1])
+  variables = {k: v[k] for k in ("params", "batch_stats") if k in v}
+  params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(v["params"]))
+  if mode == "train":
+    tx = optax.sgd(0.01, momentum=0.9)
+
+    def step(variables, opt_state, x, y):
+      def loss_fn(p):
+        logits, new = model.apply({**variables, "params": p}, x, train=True,
+                                  mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+      (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+      updates, opt_state = tx.update(grads, opt_state, variables["params"])
+      return {"params": optax.apply_updates(variables["params"], updates), **new}, opt_state
+
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+        variables, tx.init(variables["params"]), x, y).compile()
+    carry = [variables, tx.init(variables["params"])]
+
+    def run():
+      carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
+      jax.block_until_ready(carry[0])
+  else:
+    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
+
+    def run():
+      compiled(variables, x).block_until_ready()
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  run()  # warm-up
+  return run, dict(compile_s=compile_s, warmup_s=time.perf_counter() - t0, params=params)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--models", nargs="+",
+                      default=["densenet121", "rdnet_tiny", "resnet50", "densenet_bc_100_k12"])
+  parser.add_argument("--modes", nargs="+", default=["train", "infer"])
+  parser.add_argument("--train-batch", type=int, default=8, help="224x224 models")
+  parser.add_argument("--infer-batch", type=int, default=16, help="224x224 models")
+  parser.add_argument("--cifar-batch", type=int, default=64, help="32x32 models, both modes")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--torch-python", default="/work/torchvenv/bin/python")
+  parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.torch_worker:
+    torch_worker()
+    return
+  import jax
+  import numpy as np
+  worker = TorchWorker(args.torch_python)
+  print(f"jax {jax.__version__} ({jax.default_backend()}) vs timm in {args.torch_python}; "
+        f"{os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f} at start")
+  print("\n| model | mode | batch | jaxdl img/s | timm img/s | jaxdl / timm | jaxdl compile (s) |")
+  print("|---|---|---|---|---|---|---|")
+  for name in args.models:
+    for mode in args.modes:
+      batch = args.cifar_batch if name in RES else (
+          args.train_batch if mode == "train" else args.infer_batch)
+      run, info = jax_runner(name, mode, batch)
+      tinfo = worker.call(model=name, mode=mode, batch=batch)
+      assert info["params"] == tinfo["params"], (name, info["params"], tinfo["params"])
+      jt, tt = [], []
+      for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        run()
+        jt.append(time.perf_counter() - t0)
+        tt.append(worker.call(model=name, mode=mode, batch=batch)["s"])
+      j, t = batch / float(np.median(jt)), batch / float(np.median(tt))
+      print(f"| {name} | {mode} | {batch} | {j:.1f} | {t:.1f} | {j / t:.2f}x | "
+            f"{info['compile_s']:.0f} |", flush=True)
+  worker.close()
+  print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+  main()
