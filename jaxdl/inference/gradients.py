@@ -47,7 +47,7 @@ def _clip(grads, data_size, clip_norm):
     return grads
   # Clip the per-datum gradient (the loss optbnn differentiates), then scale back.
   per_datum = jax.tree.map(lambda g: g / data_size, grads)
-  norm = optax.global_norm(per_datum)
+  norm = optax.tree.norm(per_datum)
   factor = jnp.minimum(1.0, clip_norm / (norm + 1e-6))
   return jax.tree.map(lambda g: g * factor, grads)
 

@@ -152,7 +152,7 @@ def train_critic(rng_key, f_nn, f_gp, *, num_steps: int = 200, learning_rate: fl
   def body(carry, key):
     p, opt_state, done, steps, last_norm = carry
     (_, w), g = jax.value_and_grad(objective, has_aux=True)(p, key)
-    gnorm = optax.global_norm(g)
+    gnorm = optax.tree.norm(g)
     updates, new_opt_state = opt.update(g, opt_state, p)
     new_p = optax.apply_updates(p, updates)
     # Masked early stop: once the gradient norm is below the threshold, keep everything.
@@ -192,7 +192,8 @@ def _as_3d(f):
 def build_fit(prior, apply_fn: Callable, target_fn: Callable, measurement_fn: Callable, *,
               num_functions: int = 128, critic_steps: int = 200, critic_lr: float = 0.02,
               prior_lr: float = 0.05, penalty_coeff: float = 10.0, penalty: str = "gp",
-              critic_hidden: int = 200, grad_norm_threshold: float | None = None):
+              critic_hidden: int = 200, grad_norm_threshold: float | None = None,
+              trainable: PyTree | None = None):
   """Builds `init(rng_key, hyper=None) -> FitState` and `step(state, data) -> (state, FitInfo)`.
 
   Args:
@@ -205,6 +206,8 @@ def build_fit(prior, apply_fn: Callable, target_fn: Callable, measurement_fn: Ca
     critic_steps, critic_lr, penalty_coeff, penalty, critic_hidden, grad_norm_threshold: see
       `train_critic`.
     prior_lr: RMSprop learning rate for the prior hyperparameters.
+    trainable: optional pytree of bools shaped like the hyperparameters; False leaves are
+      kept at their initial values.
   `data` is any pytree the two functions need (e.g. a split's training inputs); it may carry
   a leading axis when `step` is vmapped.
   """
@@ -232,6 +235,8 @@ def build_fit(prior, apply_fn: Callable, target_fn: Callable, measurement_fn: Ca
     f_gp = _as_3d(target_fn(k_gp2, x, num_functions, data))
     loss = lambda h: wasserstein_estimate(critic_fn, nn_functions(k_nn2, h, x), f_gp)
     w, grads = jax.value_and_grad(loss)(state.hyper)
+    if trainable is not None:
+      grads = jax.tree.map(lambda g, m: g * jnp.asarray(m, g.dtype), grads, trainable)
     updates, opt_state = opt.update(grads, state.opt_state, state.hyper)
     hyper = optax.apply_updates(state.hyper, updates)
     return FitState(hyper, opt_state, key, state.step + 1), FitInfo(w, cinfo)
