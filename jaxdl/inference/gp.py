@@ -183,18 +183,18 @@ def white(variance=1.0) -> Kernel:
 def _cholesky(k, jitter):
   """Cholesky factor of k + jitter * I, raising the jitter when the factorization fails.
 
-  Like the reference's doubling loop, but without Python control flow on traced values: the
-  factor is computed for a short ladder of jitters (x1, x100, x10^4 relative to `jitter`
-  times the mean diagonal) and the first finite one is kept, so the function stays jit- and
+  Like the reference's doubling loop, but without Python control flow on traced values: when
+  the factorization with `jitter` fails, it is retried with 1e-5, 1e-3 and 1e-1 times the
+  mean diagonal, and the first finite factor is kept, so the function stays jit- and
   vmap-able. Well-conditioned matrices get exactly `jitter`.
   """
   n = k.shape[-1]
   eye = jnp.eye(n, dtype=k.dtype)
   scale = jnp.maximum(jnp.mean(jnp.diagonal(k, axis1=-2, axis2=-1), -1), 1e-30)
   chol = jnp.linalg.cholesky(k + jitter * eye)
-  for factor in (1e2, 1e4):
+  for rel in (1e-5, 1e-3, 1e-1):
     ok = jnp.all(jnp.isfinite(chol), axis=(-2, -1), keepdims=True)
-    bigger = jnp.linalg.cholesky(k + (jitter * factor * scale)[..., None, None] * eye)
+    bigger = jnp.linalg.cholesky(k + (rel * scale)[..., None, None] * eye)
     chol = jnp.where(ok, chol, bigger)
   return chol
 

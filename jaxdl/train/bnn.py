@@ -302,21 +302,29 @@ def sample_regression(config, prior, apply_fn, hyper, train: dict, rng_key, *,
   s = config.sampler
   num_splits = train["x"].shape[0]
   init, advance = make_regression_sampler(config, prior, apply_fn, train["x"].shape[1])
-  keys = jax.random.split(rng_key, (num_splits, s.num_chains, s.num_samples + 2))
+  keys = jax.random.split(rng_key, (1, 1, s.num_samples + 2))
   per_chain = lambda f, ax: jax.vmap(f, in_axes=ax)
   init_v = jax.jit(jax.vmap(per_chain(init, (0, None, None)), in_axes=(0, 0, 0)))
-  states = init_v(keys[:, :, -1], hyper, train)
+  states = init_v(jax.random.split(keys[0, 0, -1], (num_splits, s.num_chains)), hyper, train)
 
   def make_advance(n):
     f = lambda k, st, h, d: advance(k, st, h, d, n)
     return jax.jit(jax.vmap(per_chain(f, (0, 0, None, None)), in_axes=(0, 0, 0, 0)))
 
-  burn, thin = make_advance(s.num_burnin_steps), make_advance(s.thinning)
+  # One compiled block of gcd(burn-in, thinning) steps serves both (2000 and 2000 in the
+  # paper's settings), so the sampler compiles once.
+  block = math.gcd(s.num_burnin_steps, s.thinning) if s.num_burnin_steps > 0 else s.thinning
+  run_block = make_advance(block)
+
+  def run(key, states, num):
+    for k in jax.random.split(key, num // block):
+      states = run_block(jax.random.split(k, (num_splits, s.num_chains)), states, hyper, train)
+    return states
   if s.num_burnin_steps > 0:
-    states = burn(keys[:, :, -2], states, hyper, train)
+    states = run(keys[0, 0, -2], states, s.num_burnin_steps)
   kept = []
   for i in range(s.num_samples):
-    states = thin(keys[:, :, i], states, hyper, train)
+    states = run(keys[0, 0, i], states, s.thinning)
     if i >= s.num_discarded:
       kept.append(_position(states))
     if progress is not None:
