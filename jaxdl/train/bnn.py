@@ -463,10 +463,11 @@ def _image_data(config):
   std = np.asarray(info.std, np.float32) if info.std is not None else 1.0
 
   def prep(d, limit):
-    x = np.asarray(d["inputs"][:limit], np.float32)
-    if d["inputs"].dtype == np.uint8:
-      x = x / 255.0
-    return (x - mean) / std, np.asarray(d["targets"][:limit], np.int32)
+    # Loaders may sort by class: a limited run takes a fixed random subset.
+    n = len(d["targets"])
+    idx = np.random.default_rng(0).permutation(n)[:limit] if limit else np.arange(n)
+    x = np.asarray(d["inputs"][idx], np.float32)  # raw units, like info.mean / info.std
+    return (x - mean) / std, np.asarray(d["targets"][idx], np.int32)
   lim_tr = config.get("num_train") or None
   lim_te = config.get("num_test") or None
   return prep(tr, lim_tr), prep(te, lim_te), info.num_classes
