@@ -183,20 +183,25 @@ def white(variance=1.0) -> Kernel:
 def _cholesky(k, jitter):
   """Cholesky factor of k + jitter * I, raising the jitter when the factorization fails.
 
-  Like the reference's doubling loop, but without Python control flow on traced values: when
-  the factorization with `jitter` fails, it is retried with 1e-5, 1e-3 and 1e-1 times the
-  mean diagonal, and the first finite factor is kept, so the function stays jit- and
-  vmap-able. Well-conditioned matrices get exactly `jitter`.
+  Like the reference's doubling loop, but without Python control flow on traced values: the
+  factorization is attempted with `jitter` and with 1e-5, 1e-3 and 1e-1 times the mean
+  diagonal, and the first finite factor is kept, so the function stays jit- and vmap-able.
+  Well-conditioned matrices get exactly `jitter`.
+
+  All attempts go through ONE batched `cholesky` call: on CPU, jaxlib's batched LAPACK
+  potrf splits its batch over the intra-op thread pool and waits for it, so two such calls
+  running concurrently on a 2-thread pool can deadlock (observed with jax 0.10.2 on 2 cores);
+  one call at a time is safe.
   """
   n = k.shape[-1]
   eye = jnp.eye(n, dtype=k.dtype)
   scale = jnp.maximum(jnp.mean(jnp.diagonal(k, axis1=-2, axis2=-1), -1), 1e-30)
-  chol = jnp.linalg.cholesky(k + jitter * eye)
-  for rel in (1e-5, 1e-3, 1e-1):
-    ok = jnp.all(jnp.isfinite(chol), axis=(-2, -1), keepdims=True)
-    bigger = jnp.linalg.cholesky(k + (rel * scale)[..., None, None] * eye)
-    chol = jnp.where(ok, chol, bigger)
-  return chol
+  jitters = jnp.stack([jnp.full_like(scale, jitter)] +
+                      [rel * scale for rel in (1e-5, 1e-3, 1e-1)])      # [4, ...]
+  chols = jnp.linalg.cholesky(k[None] + jitters[..., None, None] * eye)  # [4, ..., n, n]
+  ok = jnp.all(jnp.isfinite(chols), axis=(-2, -1))                       # [4, ...]
+  first = jnp.argmax(ok, axis=0)                                          # [...]
+  return jnp.take_along_axis(chols, first[None, ..., None, None], axis=0)[0]
 
 
 def sample_prior(rng_key, kernel: Kernel, x, num_samples: int, *, jitter: float = 1e-6):
@@ -259,16 +264,18 @@ def sample_prior_with_hyperpriors(rng_key, kernel_fn: Callable[..., Kernel],
   x = _as_2d(jnp.asarray(x))
   names = sorted(hyperpriors)
 
-  def one(key):
-    keys = jax.random.split(key, len(names) + 1)
-    theta = {n: hyperpriors[n](k) for n, k in zip(names, keys[:-1])}
+  def gram(key):
+    keys = jax.random.split(key, len(names))
+    theta = {n: hyperpriors[n](k) for n, k in zip(names, keys)}
     if transform is not None:
       theta = {n: transform(v) for n, v in theta.items()}
-    kernel = _cast_kernel(kernel_fn(**theta), x.dtype)
-    chol = _cholesky(kernel(x, x), jitter)
-    return chol @ jax.random.normal(keys[-1], (x.shape[0],), x.dtype)
+    return _cast_kernel(kernel_fn(**theta), x.dtype)(x, x)
 
-  return jax.vmap(one)(jax.random.split(rng_key, num_samples))
+  k_theta, k_eps = jax.random.split(rng_key)
+  grams = jax.vmap(gram)(jax.random.split(k_theta, num_samples))   # [num_samples, n, n]
+  chol = _cholesky(grams, jitter)                                    # one batched call
+  eps = jax.random.normal(k_eps, (num_samples, x.shape[0]), x.dtype)
+  return jnp.einsum("snm,sm->sn", chol, eps)
 
 
 def posterior(kernel: Kernel, x_train, y_train, x_test, noise_variance, *,

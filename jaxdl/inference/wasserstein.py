@@ -227,12 +227,16 @@ def build_fit(prior, apply_fn: Callable, target_fn: Callable, measurement_fn: Ca
   def step(state, data=None):
     key, k_x, k_gp1, k_nn1, k_crit, k_gp2, k_nn2 = jax.random.split(state.rng_key, 7)
     x = measurement_fn(k_x, data)
+    # Both sets of target draws in one call: GP targets factorize kernels with a batched
+    # Cholesky, and two independent ones running concurrently can deadlock jaxlib's CPU
+    # thread pool (see jaxdl.inference.gp._cholesky).
+    del k_gp2
+    f_gp_both = _as_3d(target_fn(k_gp1, x, 2 * num_functions, data))
+    f_gp_critic, f_gp = f_gp_both[:num_functions], f_gp_both[num_functions:]
     critic_fn, cinfo = train_critic(
-        k_crit, nn_functions(k_nn1, state.hyper, x), _as_3d(target_fn(k_gp1, x, num_functions,
-                                                                      data)),
+        k_crit, nn_functions(k_nn1, state.hyper, x), f_gp_critic,
         num_steps=critic_steps, learning_rate=critic_lr, penalty_coeff=penalty_coeff,
         penalty=penalty, hidden=critic_hidden, grad_norm_threshold=grad_norm_threshold)
-    f_gp = _as_3d(target_fn(k_gp2, x, num_functions, data))
     loss = lambda h: wasserstein_estimate(critic_fn, nn_functions(k_nn2, h, x), f_gp)
     w, grads = jax.value_and_grad(loss)(state.hyper)
     if trainable is not None:

@@ -500,10 +500,10 @@ def train_bnn_classification(config, workdir) -> dict:
       kernel = gp.rbf(lengthscale, config.gp.variance)
 
       def target(key, x, n, data):
+        # One independent GP per logit: one factorization, n * classes draws.
         del data
-        flat = x.reshape(x.shape[0], -1)
-        keys = jax.random.split(key, num_classes)
-        return jnp.stack([gp.sample_prior(k, kernel, flat, n) for k in keys], -1)
+        f = gp.sample_prior(key, kernel, x.reshape(x.shape[0], -1), n * num_classes)
+        return jnp.moveaxis(f.reshape(num_classes, n, -1), 0, -1)
       fit_data = {"x": jnp.asarray(x_tr)[None]}
 
       def on_chunk(done, w):
