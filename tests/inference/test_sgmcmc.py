@@ -17,7 +17,7 @@ import pytest
 from jaxdl.inference import gradients, schedules, sgmcmc
 
 N, B, D = 100, 80, 2
-NUM_CHAINS = 128
+NUM_CHAINS = 64
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +37,24 @@ def problem():
               log_prior=log_prior, log_lik=log_lik)
 
 
-def _run(algorithm, batch_fn, *, burnin, num_samples, thinning, seed=0):
-  def chain(key, init):
-    _, samples = sgmcmc.sample(key, algorithm.step, algorithm.init(init), batch_fn,
-                               num_burnin_steps=burnin, num_samples=num_samples,
-                               thinning=thinning)
-    return samples
+_COMPILED = {}
+
+
+def _run(make_algorithm, batch_fn, *, burnin, num_samples, thinning, seed=0, temperature=1.0):
+  """Runs NUM_CHAINS chains; `make_algorithm(temperature)` builds the sampler. The compiled
+  program is cached per sampler, with the temperature as a traced argument."""
+  key = (make_algorithm, burnin, num_samples, thinning)
+  if key not in _COMPILED:
+    def chain(k, init, temp):
+      algorithm = make_algorithm(temp)
+      _, samples = sgmcmc.sample(k, algorithm.step, algorithm.init(init), batch_fn,
+                                 num_burnin_steps=burnin, num_samples=num_samples,
+                                 thinning=thinning)
+      return samples
+    _COMPILED[key] = jax.jit(jax.vmap(chain, in_axes=(0, 0, None)))
   keys = jax.random.split(jax.random.key(seed), NUM_CHAINS)
   inits = jax.random.normal(jax.random.key(seed + 1), (NUM_CHAINS, D)) * 0.3
-  return np.asarray(jax.jit(jax.vmap(chain))(keys, inits))  # [chains, samples, D]
+  return np.asarray(_COMPILED[key](keys, inits, temperature))  # [chains, samples, D]
 
 
 def _check_moments(samples, mean, var):
@@ -62,28 +71,33 @@ def _check_moments(samples, mean, var):
 
 
 def test_sgld_recovers_conjugate_posterior(problem):
-  alg = sgmcmc.sgld(problem["grad_fn"], step_size=2e-4)
-  s = _run(alg, problem["batch_fn"], burnin=1000, num_samples=150, thinning=20)
+  make = problem.setdefault("sgld", lambda t: sgmcmc.sgld(problem["grad_fn"], 2e-4, t))
+  s = _run(make, problem["batch_fn"], burnin=1000, num_samples=150, thinning=20)
   _check_moments(s, problem["mean"], problem["var"])
 
 
+def _make_sghmc(problem):
+  return problem.setdefault(
+      "sghmc", lambda t: sgmcmc.sghmc(problem["grad_fn"], 1e-4, friction=0.3, temperature=t))
+
+
 def test_sghmc_recovers_conjugate_posterior(problem):
-  alg = sgmcmc.sghmc(problem["grad_fn"], step_size=1e-4, friction=0.3)
-  s = _run(alg, problem["batch_fn"], burnin=1000, num_samples=150, thinning=20, seed=2)
+  s = _run(_make_sghmc(problem), problem["batch_fn"], burnin=1000, num_samples=150,
+           thinning=20, seed=2)
   _check_moments(s, problem["mean"], problem["var"])
 
 
 def test_adaptive_sghmc_recovers_conjugate_posterior(problem):
-  alg = sgmcmc.adaptive_sghmc(problem["grad_fn"], step_size=0.03, mdecay=0.3,
-                              num_burnin_steps=500)
-  s = _run(alg, problem["batch_fn"], burnin=1000, num_samples=150, thinning=20, seed=4)
+  make = problem.setdefault("asghmc", lambda t: sgmcmc.adaptive_sghmc(
+      problem["grad_fn"], step_size=0.03, mdecay=0.3, num_burnin_steps=500, temperature=t))
+  s = _run(make, problem["batch_fn"], burnin=1000, num_samples=150, thinning=20, seed=4)
   _check_moments(s, problem["mean"], problem["var"])
 
 
 def test_temperature_scales_the_posterior_variance(problem):
-  # p^(1/T): the variance is T times the posterior variance; T = 0 is optimization.
-  alg = sgmcmc.sghmc(problem["grad_fn"], step_size=1e-4, friction=0.3, temperature=0.25)
-  s = _run(alg, problem["batch_fn"], burnin=1000, num_samples=150, thinning=20, seed=6)
+  # p^(1/T): the variance is T times the posterior variance (same compiled program).
+  s = _run(_make_sghmc(problem), problem["batch_fn"], burnin=1000, num_samples=150,
+           thinning=20, seed=6, temperature=0.25)
   _check_moments(s, problem["mean"], 0.25 * problem["var"])
 
 
