@@ -102,13 +102,15 @@ def run_nuts(rng_key, bnn, data: dict, *, num_warmup: int = 500, num_samples: in
   template = jax.tree.map(lambda x: x[0], init_positions)
   model, names, treedef = numpyro_model(bnn, template)
   init_values = dict(zip(names, jax.tree.leaves(init_positions)))
+  # The per-chain initial values go to `mcmc.run(init_params=...)`; the strategy only sets
+  # the sites' shapes.
+  strategy = init_to_value(values={n: v[0] for n, v in init_values.items()})
   if algorithm == "nuts":
     kernel = NUTS(model, step_size=step_size, target_accept_prob=target_accept_prob,
-                  max_tree_depth=max_tree_depth, init_strategy=init_to_value(
-                      values={n: v[0] for n, v in init_values.items()}))
+                  max_tree_depth=max_tree_depth, init_strategy=strategy)
   else:
     kernel = HMC(model, step_size=step_size, num_steps=num_steps or 16,
-                 target_accept_prob=target_accept_prob)
+                 target_accept_prob=target_accept_prob, init_strategy=strategy)
   mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
               chain_method=chain_method, progress_bar=progress_bar)
   # Per-chain initial values: NumPyro takes them as unconstrained params with a chain axis.
