@@ -11,6 +11,16 @@ and `vmap`ped over hyperparameters. `k1 + k2` and `k1 * k2` build sums and produ
 
   k = gp.rbf(lengthscale=0.6, variance=1.0)
   mean, cov = gp.posterior(k, x_train, y_train, x_test, noise_variance=1e-4)
+  f = gp.sample_prior(rng_key, k, x, num_samples=128)                      # [128, n]
+  # Hyperpriors redrawn per function (the functional-prior paper's UCI target):
+  f = gp.sample_prior_with_hyperpriors(
+      rng_key, gp.rbf, {"lengthscale": gp.lognormal(jnp.log(ls) * jnp.ones(d), 1.0),
+                        "variance": gp.lognormal(0.1, 1.0)}, x, num_samples=128)
+
+Public API used by other parts of jaxdl (keep stable): the kernels (`rbf`, `matern12`,
+`matern32`, `matern52`, `periodic`, `linear`, `constant`, `white`, `+`, `*`), `sample_prior`,
+`sample_prior_with_hyperpriors`, `posterior`, `log_marginal_likelihood`,
+`predictive_log_density`.
 """
 
 from __future__ import annotations
@@ -171,8 +181,27 @@ def white(variance=1.0) -> Kernel:
 
 
 def _cholesky(k, jitter):
-  n = k.shape[0]
-  return jnp.linalg.cholesky(k + jitter * jnp.eye(n, dtype=k.dtype))
+  """Cholesky factor of k + jitter * I, raising the jitter when the factorization fails.
+
+  Like the reference's doubling loop, but without Python control flow on traced values: the
+  factorization is attempted with `jitter` and with 1e-5, 1e-3 and 1e-1 times the mean
+  diagonal, and the first finite factor is kept, so the function stays jit- and vmap-able.
+  Well-conditioned matrices get exactly `jitter`.
+
+  All attempts go through ONE batched `cholesky` call: on CPU, jaxlib's batched LAPACK
+  potrf splits its batch over the intra-op thread pool and waits for it, so two such calls
+  running concurrently on a 2-thread pool can deadlock (observed with jax 0.10.2 on 2 cores);
+  one call at a time is safe.
+  """
+  n = k.shape[-1]
+  eye = jnp.eye(n, dtype=k.dtype)
+  scale = jnp.maximum(jnp.mean(jnp.diagonal(k, axis1=-2, axis2=-1), -1), 1e-30)
+  jitters = jnp.stack([jnp.full_like(scale, jitter)] +
+                      [rel * scale for rel in (1e-5, 1e-3, 1e-1)])      # [4, ...]
+  chols = jnp.linalg.cholesky(k[None] + jitters[..., None, None] * eye)  # [4, ..., n, n]
+  ok = jnp.all(jnp.isfinite(chols), axis=(-2, -1))                       # [4, ...]
+  first = jnp.argmax(ok, axis=0)                                          # [...]
+  return jnp.take_along_axis(chols, first[None, ..., None, None], axis=0)[0]
 
 
 def sample_prior(rng_key, kernel: Kernel, x, num_samples: int, *, jitter: float = 1e-6):
@@ -181,6 +210,72 @@ def sample_prior(rng_key, kernel: Kernel, x, num_samples: int, *, jitter: float 
   chol = _cholesky(kernel(x, x), jitter)
   eps = jax.random.normal(rng_key, (num_samples, x.shape[0]), chol.dtype)
   return eps @ chol.T
+
+
+# --- Hyperpriors: GP functions whose kernel hyperparameters are redrawn per function -------
+#
+# The functional-prior paper's UCI target (Tran et al. 2022, sec. 5.2; optbnn
+# `GPModel.sample_functions`) is a hierarchical GP: for every function sample, the ARD
+# lengthscales and the variance are drawn from LogNormal hyperpriors, then f ~ GP(0, k).
+
+
+def lognormal(loc, scale=1.0):
+  """A LogNormal hyperprior: `draw(rng_key) -> exp(loc + scale * N(0, 1))`, shaped like loc.
+
+  `scale` is the standard deviation of log(value). (optbnn's `LogNormal(mu, var)` takes the
+  variance; its UCI settings use var = 1, which is the same as scale = 1.)
+  """
+  loc = np.asarray(loc, np.float32)
+  scale = np.asarray(scale, np.float32)
+
+  def draw(rng_key):
+    return jnp.exp(loc + scale * jax.random.normal(rng_key, loc.shape, jnp.float32))
+  return draw
+
+
+def fixed(value):
+  """A degenerate hyperprior that always returns `value` (to mix fixed and drawn values)."""
+  value = np.asarray(value, np.float32)
+  return lambda rng_key: jnp.asarray(value)
+
+
+def sample_prior_with_hyperpriors(rng_key, kernel_fn: Callable[..., Kernel],
+                            hyperpriors: dict[str, Callable], x, num_samples: int, *,
+                            transform: Callable | None = None, jitter: float = 1e-6):
+  """Draws functions from a GP whose hyperparameters are redrawn for every function.
+
+    theta_s ~ hyperpriors,  f_s ~ GP(0, kernel_fn(**theta_s)),  s = 1..num_samples.
+
+  Args:
+    rng_key: a PRNG key.
+    kernel_fn: builds a kernel from keyword hyperparameters, e.g. `gp.rbf`.
+    hyperpriors: name -> `draw(rng_key) -> value` (e.g. `gp.lognormal(...)`, `gp.fixed(...)`).
+    x: [n, d] (or [n]) measurement points.
+    num_samples: number of functions.
+    transform: applied to every drawn value before building the kernel. optbnn copies the
+      LogNormal draw into the *unconstrained* parameter of a softplus-positive kernel
+      parameter, so its effective hyperparameter is softplus(draw); pass
+      `transform=jax.nn.softplus` to reproduce that target exactly.
+    jitter: diagonal jitter for the Cholesky factors (raised automatically when needed).
+
+  Returns:
+    [num_samples, n] function values (one batched Cholesky, vmapped over samples).
+  """
+  x = _as_2d(jnp.asarray(x))
+  names = sorted(hyperpriors)
+
+  def gram(key):
+    keys = jax.random.split(key, len(names))
+    theta = {n: hyperpriors[n](k) for n, k in zip(names, keys)}
+    if transform is not None:
+      theta = {n: transform(v) for n, v in theta.items()}
+    return _cast_kernel(kernel_fn(**theta), x.dtype)(x, x)
+
+  k_theta, k_eps = jax.random.split(rng_key)
+  grams = jax.vmap(gram)(jax.random.split(k_theta, num_samples))   # [num_samples, n, n]
+  chol = _cholesky(grams, jitter)                                    # one batched call
+  eps = jax.random.normal(k_eps, (num_samples, x.shape[0]), x.dtype)
+  return jnp.einsum("snm,sm->sn", chol, eps)
 
 
 def posterior(kernel: Kernel, x_train, y_train, x_test, noise_variance, *,

@@ -103,3 +103,30 @@ def test_prior_samples_have_the_kernel_covariance():
   emp = np.cov(np.asarray(f).T)
   # Monte-Carlo error of a covariance entry is about sqrt(2) * var / sqrt(n) ~ 0.011.
   np.testing.assert_allclose(emp, k(x, x), atol=0.06)
+
+
+def test_hyperprior_samples_have_the_mixture_covariance():
+  """Functions whose RBF hyperparameters are redrawn per sample: their covariance is
+  E_theta[k_theta(x, x')], computed here by Monte Carlo over theta in numpy."""
+  x = np.array([[0.0, 0.0], [0.5, -0.3], [2.0, 1.0]])
+  hp = {"lengthscale": gp.lognormal(np.log([1.0, 2.0]), 0.5),
+        "variance": gp.lognormal(0.1, 0.5)}
+  f = gp.sample_prior_with_hyperpriors(jax.random.key(0), gp.rbf, hp, x, 40000,
+                                       transform=jax.nn.softplus)
+  rng = np.random.default_rng(0)
+  m = 200000
+  softplus = lambda z: np.log1p(np.exp(z))
+  ls = softplus(np.exp(np.log([1.0, 2.0]) + 0.5 * rng.normal(size=(m, 2))))
+  var = softplus(np.exp(0.1 + 0.5 * rng.normal(size=m)))
+  d2 = (((x[:, None, None, :] - x[None, :, None, :]) / ls[None, None]) ** 2).sum(-1)
+  ref = (var[None, None] * np.exp(-0.5 * d2)).mean(-1)
+  # MC error of an entry: sqrt(E[f_i^2 f_j^2] / 40000) < 0.02 here.
+  np.testing.assert_allclose(np.cov(np.asarray(f).T), ref, atol=0.08)
+
+
+def test_sampling_survives_a_singular_kernel_matrix():
+  x = jnp.zeros((5, 1))  # identical points: K is rank one
+  f = gp.sample_prior(jax.random.key(1), gp.rbf(1.0, 1.0), x, 8, jitter=1e-12)
+  assert np.all(np.isfinite(f))
+  # All five values of a function coincide (up to the added jitter).
+  assert float(jnp.max(jnp.std(f, axis=1))) < 1e-2
