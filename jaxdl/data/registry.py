@@ -89,7 +89,15 @@ def get_info(name: str, **kwargs) -> DatasetInfo:
   """The `DatasetInfo` of dataset `name` (with the loader's keyword arguments, if any)."""
   _, info = _lookup(name)
   if callable(info):
-    return info(name=name, **kwargs) if name.startswith("tfds:") else info(**kwargs)
+    if name.startswith("tfds:"):
+      return info(name=name, **kwargs)
+    try:
+      return info(**kwargs)
+    except TypeError as e:  # An option the dataset does not have.
+      raise errors.ConfigError(f"dataset {name!r}: {e}; remove that option.") from None
+  if kwargs:
+    raise errors.ConfigError(f"dataset {name!r} takes no options, got {sorted(kwargs)}; "
+                             "remove them.")
   return info
 
 

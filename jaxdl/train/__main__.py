@@ -1,0 +1,80 @@
+"""Command line: python -m jaxdl.train --config configs/X.py --workdir DIR [--config.k=v ...].
+
+Runs the trainer named by `config.trainer`. Mistakes in the command (unknown model or
+dataset, missing data, bad config values, wrong input shapes) print one line starting with
+"error:" and exit with status 2; a diverged run (NaN/Inf) exits with status 3 and keeps its
+last good checkpoint. Restarting with the same --workdir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file "
+                                          "(configs/<name>.py[:arg]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-host runs).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --multihost; "
+                    "default: detected from the cluster environment).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --multihost).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --multihost).")
+
+
+def _error(msg: str, code: int = 2) -> int:
+  print(f"error: {msg}", file=sys.stderr)
+  return code
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  for line in text.splitlines():
+    line = line.strip()
+    if line and not line.startswith(("Traceback", "File ")):
+      return line
+  return type(e).__name__
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    FLAGS(argv)
+  except flags.Error as e:
+    return _error(f"{_first_line(e)} (see --helpshort for the flags).")
+  except (KeyError, AttributeError, ValueError, TypeError, FileNotFoundError) as e:
+    return _error(f"bad --config or override: {_first_line(e)}")
+  if FLAGS.config is None:
+    return _error("--config is required, e.g. --config configs/quickstart.py.")
+  if not FLAGS.workdir:
+    return _error("--workdir is required: the directory for checkpoints and metrics.")
+
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("jaxdl").setLevel(logging.INFO)
+  import jax
+  from jaxdl import errors
+  from jaxdl.train import run
+
+  try:
+    if FLAGS.multihost:
+      jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id)
+    final = run(FLAGS.config, FLAGS.workdir)
+  except errors.UserError as e:
+    return _error(_first_line(e))
+  except errors.NonFiniteLossError as e:
+    return _error(_first_line(e), code=3)
+  except KeyboardInterrupt:
+    return _error("interrupted; restart with the same --workdir to resume.", code=130)
+  if jax.process_index() == 0:
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in sorted(final.items()))
+    print(f"done: {shown}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
