@@ -166,7 +166,7 @@ def make_train_step(model, tx, schedule, loss_fn, preprocess, config, num_classe
         objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    out = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    out = {"loss": loss, "grad_norm": optax.tree.norm(grads),
            "learning_rate": schedule(state.step)}
     out.update({k: jnp.mean(v) for k, v in metrics.items()})
     new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -257,8 +257,11 @@ def train_and_evaluate(config, workdir) -> dict:
                                   steps_per_epoch=pipeline.steps_per_epoch, seed=config.seed)
 
   # --- Train state, created already sharded.
-  init_inputs = jax.tree.map(lambda x: jnp.zeros((1,) + np.shape(x)[1:], np.asarray(x).dtype),
-                             example["inputs"])
+  def _init_array(x):
+    dtype = np.asarray(x).dtype
+    dtype = np.float32 if dtype == np.float64 else dtype  # Tables come as float64.
+    return jnp.zeros((1,) + np.shape(x)[1:], dtype)
+  init_inputs = jax.tree.map(_init_array, example["inputs"])
 
   def init(rng):
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
