@@ -164,7 +164,7 @@ class _SquaredInput(nn.Module):
 
 
 @pytest.mark.parametrize("model,shape,expect_fast", [
-    (CNN(features=(4, 6), dense=(8,)), (8, 8, 3), True),
+    (CNN(features=(3, 4), dense=(5,)), (6, 6, 2), True),
     (_InputReuse(), (6,), True),
     (_SquaredInput(), (6,), False),
 ])

@@ -79,7 +79,8 @@ def test_lc_probe_matches_direct_call(modular_run):
 def test_adversarial_probe_on_digits(tmp_path):
   from jaxdl.train.defaults import default_config
   c = default_config()
-  c.model.name = "cnn_small"
+  c.model.name = "mlp"
+  c.model.features = (64,)
   c.dataset.name = "digits"
   c.batch_size = 64
   c.num_train_steps = 60
