@@ -33,13 +33,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxdl import models
-from jaxdl.analysis import local_complexity
-from jaxdl.analysis.local_complexity import random_directions, uses_shared_first_layer
+if __name__ == "__main__" and "--threads" in sys.argv:
+  # One XLA CPU thread must be chosen before jax is imported.
+  if sys.argv[sys.argv.index("--threads") + 1] == "1":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false"
+                               " intra_op_parallelism_threads=1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from jaxdl import models  # noqa: E402
+from jaxdl.analysis import local_complexity  # noqa: E402
+from jaxdl.analysis.local_complexity import (random_directions,  # noqa: E402
+                                             uses_shared_first_layer)
 
 
 def _points(kind, n, rng):
@@ -189,13 +198,15 @@ def main():
   p.add_argument("--models", default="mlp3,mlp4,resnet")
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--repeats", type=int, default=2)
-  p.add_argument("--threads", type=int, default=os.cpu_count())
+  p.add_argument("--threads", type=int, default=os.cpu_count(),
+                 help="CPU threads of both sides (1: XLA and PyTorch single-threaded)")
   p.add_argument("--ref-batches", default="100,1000",
                  help="reference batch sizes (points per forward) for the hulls path")
   p.add_argument("--json", default="", help="also write the results here")
   args = p.parse_args()
   args.ref_batches = [int(b) for b in args.ref_batches.split(",")]
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{args.threads} thread(s), "
         f"jax {jax.__version__} on {jax.devices()[0].platform}, load "
         f"{os.getloadavg()[0]:.1f}", flush=True)
   results = []

@@ -2,12 +2,14 @@ r"""Grokking curves from a run's metrics.jsonl: accuracy, adversarial accuracy a
 complexity against the (log) training step, as in Humayun et al. (ICML 2024), Figs. 1-3.
 
   python tools/plot_grokking.py WORKDIR [WORKDIR ...] --out docs/figures/grok.png \
-      [--radius 0.5] [--title "MNIST MLP"]
+      [--radius 0.5 ...] [--title "MNIST MLP" ...]
 
 Top panel: train / test accuracy (probe "grok_accuracy", else the loop's eval/accuracy) and
 adversarial accuracy (probe "adversarial") on a log-step axis. Bottom panel: the total local
 complexity at training, test, random and decision-boundary points for one radius (probe
-"local_complexity"), on its own axis. Several workdirs are drawn side by side.
+"local_complexity"), on its own axis. Several workdirs are drawn side by side (the same
+workdir twice with two --radius values shows two radii); --radius and --title are given once
+per panel column, or once for all.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("workdirs", nargs="+")
   p.add_argument("--out", required=True, help="PNG file to write")
-  p.add_argument("--radius", type=float, default=None, help="LC radius to draw")
+  p.add_argument("--radius", type=float, action="append", default=None,
+                 help="LC radius to draw (once per workdir, or once for all)")
   p.add_argument("--title", action="append", default=None,
                  help="panel title (once per workdir)")
   p.add_argument("--dpi", type=int, default=90)
@@ -106,7 +109,10 @@ def main(argv=None):
   fig, axes = plt.subplots(2, n, figsize=(5.5 * n, 6), sharex="col", squeeze=False)
   for i, wd in enumerate(args.workdirs):
     title = args.title[i] if args.title and i < len(args.title) else Path(wd).name
-    plot_run(read_records(wd), axes[0, i], axes[1, i], args.radius, title)
+    radius = None
+    if args.radius:
+      radius = args.radius[i] if i < len(args.radius) else args.radius[-1]
+    plot_run(read_records(wd), axes[0, i], axes[1, i], radius, title)
   fig.tight_layout()
   Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(args.out, dpi=args.dpi)
