@@ -115,8 +115,8 @@ def test_probe_option_errors():
                                                         "targets": np.zeros(2)}}, None)
 
 
-@pytest.mark.parametrize("name,arg", [("grok_mnist_mlp", None), ("grok_cifar10_cnn", "cnn"),
-                                      ("grok_modular", None)])
+@pytest.mark.parametrize("name,arg", [("grok_mnist_mlp", None), ("grok_cifar10_cnn", None),
+                                      ("grok_cifar10_cnn", "cnn"), ("grok_modular", None)])
 def test_configs_build(repo_root, name, arg):
   from jaxdl import models
   from jaxdl.data import get_info
@@ -129,4 +129,7 @@ def test_configs_build(repo_root, name, arg):
   for p in probes.parse(c.probes):
     probes.get(p)
   assert c.loss in ("mse", "cross_entropy")
+  if c.model.name == "preact_resnet18":  # The paper's model: 16 ReLU inputs, no BatchNorm.
+    assert "batch_stats" not in shapes
+    assert len(jax.tree_util.tree_leaves(shapes["preactivations"])) == 16
   del models
