@@ -16,7 +16,8 @@ pixels; its comment says 8/255 and 2/255), on 512 test images.
 
 Variants: `:cnn` swaps the ResNet for a small plain ReLU CNN without BatchNorm (three 3x3
 conv + 2x2 max-pool stages of 16/32/64 channels, a 64-unit dense layer; the paper also shows
-delayed robustness for CNNs) and 2e4 steps, sized for a CPU; `:runlocal` is a smoke run.
+delayed robustness for CNNs), 1e4 steps and lighter probes (LC on 128 points, PGD on 256),
+sized for a CPU; `:runlocal` is a smoke run.
 """
 
 import ml_collections
@@ -57,10 +58,12 @@ def get_config(arg=None):
   if arg in ("cnn", "runlocal"):
     c.model = ml_collections.ConfigDict({"name": "cnn", "features": (16, 32, 64), "dense": (64,),
                                  "use_bn": False, "global_pool": False})
-    c.num_train_steps = 20_000
+    c.num_train_steps = 10_000
+    c.num_eval_points = 30
     c.eval_batch_size = 2000
     c.probe_kwargs.accuracy_max_points = 2000
-    c.probe_kwargs.lc_num_points = 256
+    c.probe_kwargs.lc_num_points = 128
+    c.probe_kwargs.adv_num_points = 256
   if arg == "runlocal":
     c.model.features = (8, 16)
     c.model.dense = (32,)
