@@ -5,6 +5,8 @@
                              num_steps=10, rng_key=key, clip_min=0.0, clip_max=1.0)
 
 Other analyses live in submodules (`jaxdl.analysis.calibration`, `.cam`, `.prototypes`).
+`jaxdl.analysis.local_complexity` is the function; the rest of its module is reached with
+`from jaxdl.analysis.local_complexity import random_directions, ...`.
 """
 
 from jaxdl.analysis.adversarial import adversarial_accuracy, fgsm, pgd
