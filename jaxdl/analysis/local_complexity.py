@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.extend  # jax.extend.core.Var, to walk the traced program
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
