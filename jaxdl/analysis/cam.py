@@ -277,8 +277,13 @@ def activations_and_gradients(model: nn.Module, variables, x: jax.Array, *,
     dict with "activations" and "gradients" (tuples of [N, h, w, C_l] float32, one per target
     layer), "logits" [N, num_classes] and "classes" [N].
   """
-  targets = _targets(model, target_layer)
-  cls = _classes(classes, x.shape[0])
+  _check_images(x)
+  return _activations_and_gradients(model, variables, x, _classes(classes, x.shape[0]),
+                                    _targets(model, target_layer))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "targets"))
+def _activations_and_gradients(model, variables, x, cls, targets):
   shapes = jax.eval_shape(lambda v, x: capture(model, v, x, targets), variables, x)[1]
   zeros = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes)
 
@@ -388,9 +393,8 @@ def eigen_projection(activations: jax.Array) -> jax.Array:
   return p.reshape(n, h, w)
 
 
-def _gradient_cam(weight_fn: Callable, model, variables, x, target_layer, classes):
-  out = activations_and_gradients(model, variables, x, target_layer=target_layer,
-                                  classes=classes)
+def _gradient_cam(weight_fn: Callable, model, variables, x, targets, classes):
+  out = _activations_and_gradients(model, variables, x, classes, targets)
   cams = [weighted_map(a, weight_fn(a, g))
           for a, g in zip(out["activations"], out["gradients"])]
   return combine_layers(cams, x.shape[1:3])
