@@ -32,6 +32,7 @@ All functions are batched over images (each its own class) and pure; the model r
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -70,10 +71,21 @@ def _score_fn(model: nn.Module, variables, score: str) -> Callable:
   return f
 
 
+def _class_array(classes, x):
+  """classes as int [N] (a scalar is broadcast), or None (the arg max, found under jit)."""
+  if classes is None:
+    return None
+  c = jnp.asarray(classes)
+  c = jnp.broadcast_to(c, (x.shape[0],)) if c.ndim == 0 else c
+  if c.shape != (x.shape[0],) or not jnp.issubdtype(c.dtype, jnp.integer):
+    raise errors.ShapeError(f"classes must be integers of shape [{x.shape[0]}] (one per image) "
+                            f"or a scalar, got {c.dtype}{list(c.shape)}.")
+  return c
+
+
 def _classes(model, variables, x, classes):
   if classes is not None:
-    c = jnp.asarray(classes)
-    return jnp.broadcast_to(c, (x.shape[0],)) if c.ndim == 0 else c
+    return classes
   return jnp.argmax(model.apply(variables, x, train=False), axis=-1)
 
 
@@ -130,11 +142,18 @@ def causal_curve(model: nn.Module, variables: Any, x: jax.Array, saliency: jax.A
   _check(x, saliency)
   if mode not in ("deletion", "insertion"):
     raise errors.ConfigError(f"mode must be 'deletion' or 'insertion', got {mode!r}.")
+  _score_fn(model, variables, score)  # validates `score` eagerly
   if substrate is None:
     substrate = jnp.zeros_like(x) if mode == "deletion" else gaussian_blur(x)
   elif callable(substrate):
     substrate = substrate(x)
   substrate = jnp.broadcast_to(jnp.asarray(substrate, x.dtype), x.shape)
+  return _causal_curve(model, variables, x, saliency, _class_array(classes, x), substrate,
+                       mode, num_steps, score)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mode", "num_steps", "score"))
+def _causal_curve(model, variables, x, saliency, classes, substrate, mode, num_steps, score):
   start, finish = (x, substrate) if mode == "deletion" else (substrate, x)
   cls = _classes(model, variables, x, classes)
   f = _score_fn(model, variables, score)
@@ -198,6 +217,11 @@ def noisy_linear_impute(x: jax.Array, keep: jax.Array, *, rng_key: jax.Array,
   if getattr(x, "ndim", None) != 4 or tuple(keep.shape) != tuple(x.shape[:3]):
     raise errors.ShapeError(f"noisy_linear_impute takes x [N, H, W, C] and keep [N, H, W], got "
                             f"{tuple(x.shape)} and {tuple(keep.shape)}.")
+  return _impute(x, keep, rng_key, noise, tol, max_iterations)
+
+
+@functools.partial(jax.jit, static_argnames=("max_iterations",))
+def _impute(x, keep, rng_key, noise, tol, max_iterations):
   dtype = jnp.promote_types(x.dtype, jnp.float32)
   x = x.astype(dtype)
   kept = (keep > 0.5).astype(dtype)[..., None]
@@ -242,7 +266,10 @@ def road_keep_mask(saliency: jax.Array, percentile: float | jax.Array, order: st
   if order not in ("morf", "lerf"):
     raise errors.ConfigError(f"ROAD order must be 'morf' (most relevant first) or 'lerf' "
                              f"(least relevant first), got {order!r}.")
-  m = saliency if order == "morf" else 1.0 - saliency
+  return _keep_mask(saliency if order == "morf" else 1.0 - saliency, percentile)
+
+
+def _keep_mask(m, percentile):
   thr = jnp.percentile(m.reshape(m.shape[0], -1), percentile, axis=1)
   return (m < thr[:, None, None]).astype(jnp.float32)
 
@@ -263,18 +290,28 @@ def road(model: nn.Module, variables: Any, x: jax.Array, saliency: jax.Array, *,
     [N, len(percentiles)]: score after imputation minus score on x.
   """
   _check(x, saliency)
+  road_keep_mask(saliency[:, :1, :1], 50.0, order)  # validates `order` eagerly
+  _score_fn(model, variables, score)
+  # `order` is traced (a bool), so MoRF and LeRF share one compiled function.
+  return _road(model, variables, x, saliency, _class_array(classes, x), rng_key,
+               jnp.asarray(percentiles, jnp.float32), noise, tol, jnp.asarray(order == "lerf"),
+               score)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "score"))
+def _road(model, variables, x, saliency, classes, rng_key, percentiles, noise, tol, lerf,
+          score):
   cls = _classes(model, variables, x, classes)
   f = _score_fn(model, variables, score)
   base = f(x, cls)
-  ps = jnp.asarray(percentiles, jnp.float32)
-  keys = jax.random.split(rng_key, len(percentiles))
+  keys = jax.random.split(rng_key, percentiles.shape[0])
 
   def at(args):
     p, key = args
-    keep = road_keep_mask(saliency, p, order)
-    return f(noisy_linear_impute(x, keep, rng_key=key, noise=noise, tol=tol), cls) - base
+    keep = _keep_mask(jnp.where(lerf, 1.0 - saliency, saliency), p)
+    return f(_impute(x, keep, key, noise, tol, None), cls) - base
 
-  return jax.lax.map(at, (ps, keys)).T
+  return jax.lax.map(at, (percentiles, keys)).T
 
 
 def road_combined(model: nn.Module, variables: Any, x: jax.Array, saliency: jax.Array, *,
