@@ -62,7 +62,7 @@ def _is_pointwise_conv(node: G.Node) -> bool:
 
 
 def schedule_memory(g: G.Graph, nodes: Sequence[G.Node], sizes: dict, *, inplace: bool,
-                    alive_inputs: Sequence[G.Var] = (), keep: Sequence[G.Var] = ()) -> list:
+                    alive_inputs: Sequence[G.Var] = ()) -> list:
   """Memory (elements) at every node of `nodes` run in order.
 
   Args:
@@ -71,7 +71,6 @@ def schedule_memory(g: G.Graph, nodes: Sequence[G.Node], sizes: dict, *, inplace
     sizes: Var -> number of elements of that activation in this schedule.
     inplace: in-place depthwise convs and residual adds fused into 1x1 projections.
     alive_inputs: activations that exist before the first node (the image, stage outputs).
-    keep: activations that must stay alive to the end (stage outputs being assembled).
   Returns:
     [(node, elements alive at that node)] for nodes that touch activations.
   """
@@ -83,21 +82,19 @@ def schedule_memory(g: G.Graph, nodes: Sequence[G.Node], sizes: dict, *, inplace
         users.setdefault(a, []).append(n)
   buf = {}
 
-  def new(v, at):
-    b = _Buf([v])
-    buf[v] = b
-    return b
+  def new(v):
+    buf[v] = _Buf([v])
 
   for v in alive_inputs:
     if v in sizes:
-      new(v, -1)
+      new(v)
 
   def alias(v, b):
     buf[v] = b
     b.vars.append(v)
 
   def sole_user(a, n):
-    return [u for u in users.get(a, [])] == [n] and a not in keep
+    return users.get(a, []) == [n]
 
   # Residual adds fused into the 1x1 conv producing one operand: that conv writes into the
   # other operand's (residual) buffer. Found before assignment: {conv node: residual var}.
@@ -105,7 +102,7 @@ def schedule_memory(g: G.Graph, nodes: Sequence[G.Node], sizes: dict, *, inplace
     """The 1x1 conv whose output reaches `add` as `b` through position-wise ops only."""
     v, consumer = b, add
     while True:
-      if users.get(v) != [consumer] or v in keep:
+      if users.get(v) != [consumer]:
         return None
       p = g.producer.get(v)
       if p is None or p not in pos:
@@ -126,13 +123,12 @@ def schedule_memory(g: G.Graph, nodes: Sequence[G.Node], sizes: dict, *, inplace
       for b_op, a_op in ((acts[0], acts[1]), (acts[1], acts[0])):
         conv = pointwise_source(b_op, n)
         a_def = pos.get(g.producer.get(a_op), -1)
-        if (conv is not None and users[a_op][-1] is n and a_op not in keep
-            and sizes[a_op] == sizes[b_op] and a_def < pos[conv]):
+        if (conv is not None and users[a_op][-1] is n and sizes[a_op] == sizes[b_op]
+            and a_def < pos[conv]):
           fused[conv] = a_op
           break
 
   for n in nodes:
-    i = pos[n]
     acts = [a for a in n.ins if isinstance(a, G.Var) and a in sizes]
     if not acts:
       continue
@@ -146,15 +142,15 @@ def schedule_memory(g: G.Graph, nodes: Sequence[G.Node], sizes: dict, *, inplace
         alias(o, buf[acts[0]])                   # position-wise op in place
       elif kind == "merge":
         free = [a for a in acts if sole_user(a, n) or users[a][-1] is n]
-        free = [a for a in free if a not in keep and sizes[a] >= sizes[o]]
+        free = [a for a in free if sizes[a] >= sizes[o]]
         if free:
           alias(o, buf[free[0]])                 # add in place into a dying operand
         else:
-          new(o, i)
+          new(o)
       elif inplace and kind == "depthwise" and sole_user(acts[0], n):
         alias(o, buf[acts[0]])                   # TinyEngine in-place depthwise
       else:
-        new(o, i)
+        new(o)
   # A buffer holds one tensor after another (in-place ops hand it over); at node i it
   # occupies the largest of its tensors alive at i.
   end = len(nodes)
@@ -167,8 +163,8 @@ def schedule_memory(g: G.Graph, nodes: Sequence[G.Node], sizes: dict, *, inplace
     for a in n.ins:
       if isinstance(a, G.Var) and a in buf:
         last[a] = max(last.get(a, -1), pos[n])
-  for v in list(keep) + [v for v in g.outs if isinstance(v, G.Var)]:
-    if v in buf:
+  for v in g.outs:
+    if isinstance(v, G.Var) and v in buf:
       last[v] = end
   bufs = {id(b): b for b in buf.values()}.values()
   out = []
@@ -224,8 +220,7 @@ def plan_memory(plan: P.PatchPlan, *, dtype="int8", inplace=True,
   if input_resident:
     sizes[g.input] = g.input.size
   stage_out = sum(v.size for v in plan.outputs)
-  mem = schedule_memory(g, plan.stage, sizes, inplace=inplace, alive_inputs=[g.input],
-                        keep=[])
+  mem = schedule_memory(g, plan.stage, sizes, inplace=inplace, alive_inputs=[g.input])
   rows = _rows(g, mem, bpe, "patch", extra=stage_out)
   full = {v: v.size for v in g.activations if isinstance(v, G.Var)}
   mem = schedule_memory(g, plan.rest, full, inplace=inplace, alive_inputs=plan.outputs)

@@ -29,12 +29,9 @@ recomputes identically).
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Sequence
+from typing import Sequence
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxdl import errors
@@ -138,6 +135,10 @@ def _backward_rule(g: G.Graph, node: G.Node, out: tuple[AxisRange, AxisRange]):
       if spatial != [0] or set(lc) & set(G.SPATIAL_AXES) or lb:
         raise _unsupported(node, "a matrix product over spatial positions")
     out_hw = node.outs[0].shape[1:3]
+    for i in spatial:
+      if node.ins[i].shape[1:3] != out_hw:
+        raise _unsupported(node, "it combines the feature map with a pooled activation of "
+                                 f"spatial size {node.ins[i].shape[1:3]}")
     for i, a in enumerate(node.ins):
       if isinstance(a, G.Var) and i not in spatial and len(a.shape) == 4 \
           and a.shape[1:3] != (1, 1) and a.shape[1:3] == out_hw:
@@ -184,7 +185,10 @@ def make_plan(g: G.Graph, split: int, num_patches: int | Sequence[int],
     outs = [o for o in node.outs if o in ranges]
     if not outs:
       continue
-    if not G.spatial_inputs(g, node):
+    acts = [a for a in node.ins if isinstance(a, G.Var) and a in g.activations]
+    if any(not g.is_spatial(a) for a in acts):
+      raise _unsupported(node, "it reads a pooled (non-spatial) activation")
+    if not acts:
       continue  # position-independent (parameters): computed once, at full size
     if len(node.outs) != 1:
       raise _unsupported(node, "several outputs")

@@ -93,7 +93,8 @@ def layer_fields(g: G.Graph) -> list[LayerRF]:
     rows.append(LayerRF(
         index=node.index, name=node.module, kind=kind, block=G.block_of(node),
         kernel=tuple(geo["kernel"]), stride=tuple(geo["stride"]),
-        padding=tuple(tuple(p) for p in geo["padding"]), dilation=tuple(geo["dilation"]), out_shape=tuple(node.outs[0].shape),
+        padding=tuple(tuple(p) for p in geo["padding"]), dilation=tuple(geo["dilation"]),
+        out_shape=tuple(node.outs[0].shape),
         rf=(r[0].rf, r[1].rf), jump=(r[0].jump, r[1].jump), start=(r[0].start, r[1].start)))
   return rows
 
