@@ -157,6 +157,26 @@ def _check_images(x) -> None:
                             f"{tuple(getattr(x, 'shape', ()))}.")
 
 
+def jit_static(*static: str):
+  """`jax.jit` with `model` and the named keyword arguments static.
+
+  A model with an unhashable field (a list instead of a tuple) cannot be a static argument;
+  it then runs without this outer jit (still traced once when the caller jits).
+  """
+  def wrap(fn):
+    jitted = jax.jit(fn, static_argnames=("model",) + static)
+
+    @functools.wraps(fn)
+    def call(model, *args, **kwargs):
+      try:
+        hash(model)
+      except TypeError:
+        return fn(model, *args, **kwargs)
+      return jitted(model, *args, **kwargs)
+    return call
+  return wrap
+
+
 # --------------------------------------------------------------------------------------------
 # Capturing target activations (and the gradient w.r.t. them) without editing the model.
 
@@ -279,10 +299,10 @@ def activations_and_gradients(model: nn.Module, variables, x: jax.Array, *,
   """
   _check_images(x)
   return _activations_and_gradients(model, variables, x, _classes(classes, x.shape[0]),
-                                    _targets(model, target_layer))
+                                    targets=_targets(model, target_layer))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "targets"))
+@jit_static("targets")
 def _activations_and_gradients(model, variables, x, cls, targets):
   shapes = jax.eval_shape(lambda v, x: capture(model, v, x, targets), variables, x)[1]
   zeros = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes)
@@ -394,23 +414,23 @@ def eigen_projection(activations: jax.Array) -> jax.Array:
 
 
 def _gradient_cam(weight_fn: Callable, model, variables, x, targets, classes):
-  out = _activations_and_gradients(model, variables, x, classes, targets)
+  out = _activations_and_gradients(model, variables, x, classes, targets=targets)
   cams = [weighted_map(a, weight_fn(a, g))
           for a, g in zip(out["activations"], out["gradients"])]
   return combine_layers(cams, x.shape[1:3])
 
 
-@functools.partial(jax.jit, static_argnames=("model", "targets"))
+@jit_static("targets")
 def _grad_cam(model, variables, x, classes, targets):
   return _gradient_cam(grad_cam_weights, model, variables, x, targets, classes)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "targets"))
+@jit_static("targets")
 def _grad_cam_pp(model, variables, x, classes, targets):
   return _gradient_cam(grad_cam_plus_plus_weights, model, variables, x, targets, classes)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "targets"))
+@jit_static("targets")
 def _eigen_cam(model, variables, x, targets):
   _, acts = capture(model, variables, x, targets)
   return combine_layers([eigen_projection(a) for a in acts], x.shape[1:3])
@@ -432,7 +452,7 @@ def grad_cam(model: nn.Module, variables: Any, x: jax.Array, *,
   """
   _check_images(x)
   return _grad_cam(model, variables, x, _classes(classes, x.shape[0]),
-                   _targets(model, target_layer))
+                   targets=_targets(model, target_layer))
 
 
 def grad_cam_plus_plus(model: nn.Module, variables: Any, x: jax.Array, *,
@@ -440,14 +460,14 @@ def grad_cam_plus_plus(model: nn.Module, variables: Any, x: jax.Array, *,
   """Grad-CAM++ maps [N, H, W] in [0, 1]; arguments as `grad_cam`."""
   _check_images(x)
   return _grad_cam_pp(model, variables, x, _classes(classes, x.shape[0]),
-                      _targets(model, target_layer))
+                      targets=_targets(model, target_layer))
 
 
 def eigen_cam(model: nn.Module, variables: Any, x: jax.Array, *,
               target_layer: TargetSpec = None) -> jax.Array:
   """Eigen-CAM maps [N, H, W] in [0, 1] (class-agnostic); arguments as `grad_cam`."""
   _check_images(x)
-  return _eigen_cam(model, variables, x, _targets(model, target_layer))
+  return _eigen_cam(model, variables, x, targets=_targets(model, target_layer))
 
 
 METHODS: dict[str, Callable[..., jax.Array]] = {

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl import errors
+from jaxdl.analysis.cam import jit_static
 
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 _DIRECT, _DIAGONAL = 1.0 / 6.0, 1.0 / 12.0  # ROAD's neighbour weights (sum 1)
@@ -149,10 +150,10 @@ def causal_curve(model: nn.Module, variables: Any, x: jax.Array, saliency: jax.A
     substrate = substrate(x)
   substrate = jnp.broadcast_to(jnp.asarray(substrate, x.dtype), x.shape)
   return _causal_curve(model, variables, x, saliency, _class_array(classes, x), substrate,
-                       mode, num_steps, score)
+                       mode=mode, num_steps=num_steps, score=score)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "mode", "num_steps", "score"))
+@jit_static("mode", "num_steps", "score")
 def _causal_curve(model, variables, x, saliency, classes, substrate, mode, num_steps, score):
   start, finish = (x, substrate) if mode == "deletion" else (substrate, x)
   cls = _classes(model, variables, x, classes)
@@ -295,10 +296,10 @@ def road(model: nn.Module, variables: Any, x: jax.Array, saliency: jax.Array, *,
   # `order` is traced (a bool), so MoRF and LeRF share one compiled function.
   return _road(model, variables, x, saliency, _class_array(classes, x), rng_key,
                jnp.asarray(percentiles, jnp.float32), noise, tol, jnp.asarray(order == "lerf"),
-               score)
+               score=score)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "score"))
+@jit_static("score")
 def _road(model, variables, x, saliency, classes, rng_key, percentiles, noise, tol, lerf,
           score):
   cls = _classes(model, variables, x, classes)

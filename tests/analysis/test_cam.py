@@ -195,6 +195,11 @@ def test_grad_cam_under_jit_with_traced_classes(tiny_cnn):
   np.testing.assert_allclose(a, cam.grad_cam(model, v, x, classes=np.array([0, 1, 2, 3])),
                              atol=1e-6)
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-2
+  # A model with list-valued fields cannot be a static jit argument: it still works.
+  listy = models.create("cnn_small", features=[4, 8], dense=[8], num_classes=5)
+  np.testing.assert_allclose(
+      jax.jit(lambda v, x, c: cam.grad_cam(listy, v, x, classes=c))(v, x, jnp.arange(4)), a,
+      atol=1e-6)
   # classes=None explains the arg max class.
   top = np.argmax(np.asarray(apply_fn(model)(v, x)), -1)
   np.testing.assert_allclose(cam.grad_cam(model, v, x), cam.grad_cam(model, v, x, classes=top),
