@@ -6,7 +6,7 @@ r"""PFN on a BNN classification prior (Müller et al. 2022, section 5.2) on the 
 
 Prior: x ~ N(0, I_3); a tanh MLP 3-8-8-2 with weights N(0, 1/fan_in) and biases N(0, 1)
 (jaxdl.models "mlp", drawn by jaxdl.inference.pfn.bnn_classification_prior); labels ~
-Categorical(softmax(3 * mlp(x))). 128 rows per dataset of which 4..100 are the context.
+Categorical(softmax(3 * mlp(x))). 64 rows per dataset of which 4..50 are the context.
 Model: emsize 128, 4 layers (the paper's BNN PFN: emsize 256, 5 layers, lr 2e-5 on a GPU).
 """
 
@@ -26,13 +26,13 @@ def get_config(arg=None):
   c.dataset.kwargs.prior = dict(PRIOR)
   c.dataset.kwargs.seed = 0
   c.dataset.kwargs.prng = "rbg"  # Fast random bits on CPU (see jaxdl.train.pfn).
-  c.dataset.kwargs.seq_len = 128
+  c.dataset.kwargs.seq_len = 64
   c.dataset.kwargs.num_features = 3
   c.dataset.kwargs.min_context = 4
-  c.dataset.kwargs.max_context = 100
+  c.dataset.kwargs.max_context = 50
   c.loss = "pfn_cross_entropy"
   c.batch_size = 16
-  c.num_train_steps = 4000
+  c.num_train_steps = 2000
   c.optimizer.name = "adamw"
   c.optimizer.learning_rate = 3e-4
   c.optimizer.schedule = "cosine"

@@ -311,14 +311,19 @@ class PFNClassifier(ClassifierMixin, BaseEstimator):
   Args:
     weights: shipped weights name or a path (see `load_pfn`).
     n_estimators: ensemble members (1 disables ensembling).
-    random_state: seed for the feature permutations.
+    subsample: if set and there are more training rows, each ensemble member sees a
+      different random subset of this many rows (every class kept), e.g. the context size
+      the network was trained with; None uses all rows in every member.
+    random_state: seed for the feature permutations and subsets.
     query_batch_size: queries per forward pass.
   """
 
-  def __init__(self, weights: str = "tabular", n_estimators: int = 8, random_state: int = 0,
+  def __init__(self, weights: str = "tabular", n_estimators: int = 8,
+               subsample: int | None = None, random_state: int = 0,
                query_batch_size: int = 512):
     self.weights = weights
     self.n_estimators = n_estimators
+    self.subsample = subsample
     self.random_state = random_state
     self.query_batch_size = query_batch_size
 
@@ -362,6 +367,21 @@ class PFNClassifier(ClassifierMixin, BaseEstimator):
     d = int(keep.sum())
     self.feature_orders_ = [np.roll(rng.permutation(d) if i else np.arange(d), i)
                             for i in range(self.n_estimators)]
+    n = X.shape[0]
+    if self.subsample is not None and not (isinstance(self.subsample, (int, np.integer))
+                                           and self.subsample >= len(self.classes_)):
+      raise errors.ConfigError(f"subsample must be None or an integer >= the number of "
+                               f"classes ({len(self.classes_)}), got {self.subsample!r}.")
+    self.rows_ = []
+    for _ in range(self.n_estimators):
+      if self.subsample is None or n <= self.subsample:
+        self.rows_.append(np.arange(n))
+        continue
+      # One random row of every class, then random others.
+      first = np.array([rng.choice(np.flatnonzero(y_enc == c)) for c in range(
+          len(self.classes_))])
+      rest = rng.permutation(np.setdiff1d(np.arange(n), first))[:self.subsample - len(first)]
+      self.rows_.append(rng.permutation(np.concatenate([first, rest])))
     return self
 
   def _features(self, X, member: int) -> np.ndarray:
@@ -373,7 +393,8 @@ class PFNClassifier(ClassifierMixin, BaseEstimator):
       Z = (Xk - self.mean_) / self.std_
     Z = np.nan_to_num(Z.astype(np.float32))
     # Soft clipping of outliers beyond 4 standard deviations (TabPFN's remove_outliers).
-    Z = np.where(np.abs(Z) > 4.0, np.sign(Z) * (4.0 + np.log1p(np.abs(Z) - 4.0)), Z)
+    Z = np.where(np.abs(Z) > 4.0, np.sign(Z) * (4.0 + np.log1p(np.maximum(np.abs(Z) - 4.0, 0.0))),
+                 Z)
     Z = Z[:, self.feature_orders_[member]]
     d = Z.shape[1]
     out = np.zeros((X.shape[0], self.max_features_), np.float32)
@@ -389,8 +410,9 @@ class PFNClassifier(ClassifierMixin, BaseEstimator):
     xs_c, ys_c, xs_q, shifts = [], [], [], []
     for i in range(self.n_estimators):
       shift = i % k
-      xs_c.append(self._features(self.X_, i))
-      ys_c.append(((self.y_ + shift) % k).astype(np.float32))
+      rows = self.rows_[i]
+      xs_c.append(self._features(self.X_[rows], i))
+      ys_c.append(((self.y_[rows] + shift) % k).astype(np.float32))
       xs_q.append(self._features(X, i))
       shifts.append(shift)
     logits = self._pfn.logits(np.stack(xs_c), np.stack(ys_c), np.stack(xs_q),
