@@ -204,9 +204,12 @@ class BarDistribution(NamedTuple):
   def sample(self, rng_key, logits, sample_shape: tuple[int, ...] = ()) -> Array:
     """Draws y ~ q by inverting the cdf: [*sample_shape, ...]."""
     logits = jnp.asarray(logits, jnp.float32)
-    u = jax.random.uniform(rng_key, sample_shape + logits.shape[:-1], jnp.float32,
-                           1e-7, 1.0 - 1e-7)
-    return self.icdf(jnp.broadcast_to(logits, sample_shape + logits.shape), u)
+    n = math.prod(sample_shape)
+    u = jax.random.uniform(rng_key, (n,) + logits.shape[:-1], jnp.float32, 1e-7, 1.0 - 1e-7)
+    # Draws in chunks of ~2^22 bucket entries bound the memory however many samples.
+    chunk = max(1, min(n, (1 << 22) // max(1, logits.size)))
+    ys = jax.lax.map(lambda ui: self.icdf(logits, ui), u, batch_size=chunk)
+    return ys.reshape(sample_shape + logits.shape[:-1])
 
   def density_grid(self, logits, y_grid) -> Array:
     """Density at each point of `y_grid [G]` for logits [..., K]: [..., G] (for plots)."""

@@ -50,8 +50,9 @@ class LoadedPFN:
     self.params = params
     self.bar = (BarDistribution(jnp.asarray(meta["borders"], jnp.float32))
                 if meta.get("borders") is not None else None)
-    self._apply = jax.jit(lambda p, x, y, nc: self.model.apply(
-        {"params": p}, {"x": x, "y": y, "num_context": nc}))
+    self._apply = jax.jit(lambda p, x, y, nc, rows: self.model.apply(
+        {"params": p}, {"x": x, "y": y, "num_context": nc}, context_rows=rows),
+        static_argnums=4)
 
   def logits(self, x_ctx, y_ctx, x_query, *, chunk: int = 512) -> np.ndarray:
     """Logits for queries given the context, per dataset of a batch.
@@ -79,7 +80,7 @@ class LoadedPFN:
       xq[:, :part.shape[1]] = part
       x = np.concatenate([xc, xq], 1)
       y = np.concatenate([yc, np.zeros((e, q), np.float32)], 1)
-      logits = self._apply(self.params, x, y, nc)
+      logits = self._apply(self.params, x, y, nc, n_pad)
       out.append(np.asarray(logits[:, n_pad:n_pad + part.shape[1]]))
     return np.concatenate(out, 1)
 

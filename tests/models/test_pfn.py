@@ -65,3 +65,11 @@ def test_bad_inputs_give_one_line_errors(setup):
   assert "\n" not in str(e.value)
   with pytest.raises(errors.ShapeError, match="y"):
     model.apply(v, {"x": x, "y": y[:, :3], "num_context": nc})
+
+
+def test_context_rows_restriction_matches_full_attention(setup):
+  apply, v, x, y, nc = setup
+  model = models.create("pfn_small", num_classes=16, num_layers=2)
+  full = model.apply(v, {"x": x, "y": y, "num_context": nc})
+  part = model.apply(v, {"x": x, "y": y, "num_context": nc}, context_rows=6)
+  np.testing.assert_allclose(part, full, atol=1e-5)
