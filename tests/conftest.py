@@ -32,3 +32,18 @@ def data_dir():
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
   return REPO
+
+
+def run_cli(args, *, env=None, timeout=300, cwd=None):
+  """Runs `python -m jaxdl.train ARGS` in a subprocess; returns CompletedProcess."""
+  import subprocess
+  import sys
+  full_env = dict(os.environ)
+  full_env.update(env or {})
+  return subprocess.run([sys.executable, "-m", "jaxdl.train", *args], capture_output=True,
+                        text=True, timeout=timeout, env=full_env, cwd=cwd or REPO)
+
+
+@pytest.fixture(scope="session")
+def cli():
+  return run_cli

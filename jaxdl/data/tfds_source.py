@@ -55,7 +55,12 @@ class _Renamed:
     return self._rename(self._source[int(index)])
 
   def __getitems__(self, indices):
-    return [self._rename(ex) for ex in self._source.__getitems__([int(i) for i in indices])]
+    keys = [int(i) for i in indices]
+    try:
+      examples = self._source.__getitems__(keys)  # Batched reads from array_record.
+    except TypeError:  # tfds.testing.mock_data's source has no batched read.
+      examples = [self._source[k] for k in keys]
+    return [self._rename(ex) for ex in examples]
 
 
 def _info(name, data_dir=None, input_key="image", target_key="label"):

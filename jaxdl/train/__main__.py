@@ -15,8 +15,12 @@ from absl import flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file "
-                                          "(configs/<name>.py[:arg]).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/<name>.py[:arg]).", lock_config=False,
+    accept_new_attributes=True)
+# Overrides may add keys only where a config holds free-form options; anywhere else a new key
+# is a typo and is rejected.
+OPEN_SECTIONS = ("model.", "dataset.kwargs.", "probe_kwargs.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-host runs).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --multihost; "
@@ -39,18 +43,64 @@ def _first_line(e: BaseException) -> str:
   return type(e).__name__
 
 
+def _load_config():
+  """The parsed config, or an error message naming the problem and the fix."""
+  holder = FLAGS["config"]
+  filename = config_flags.get_config_filename(holder)
+  try:
+    config = FLAGS.config
+    config.get("trainer")  # Loading is deferred until first use.
+  except OSError:
+    return None, (f"config file {filename!r} not found; pass the path of a file in configs/, "
+                  "e.g. --config configs/quickstart.py.")
+  except Exception as e:  # An error inside the config's get_config().
+    return None, f"config file {filename!r} failed to load: {type(e).__name__}: {_first_line(e)}"
+  return config, _check_new_keys(filename)
+
+
+def _check_new_keys(filename):
+  import runpy
+  path, _, arg = filename.partition(":")
+  try:
+    base = runpy.run_path(path)["get_config"](arg or None)
+  except Exception:  # Already loaded once above; a config with side effects is its own problem.
+    return None
+  known = set(_dotted_keys(base))
+  for key in config_flags.get_override_values(FLAGS["config"]):
+    if key.startswith(OPEN_SECTIONS) or key in known:
+      continue
+    import difflib
+    parent, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+    close = difflib.get_close_matches(leaf, sorted(siblings), n=1, cutoff=0.25)
+    hint = f" (did you mean {siblings[close[0]]!r}?)" if close else ""
+    return (f"config has no key {key!r}{hint}; new keys may only be added under "
+            f"{', '.join(s.rstrip('.') for s in OPEN_SECTIONS)}.")
+  return None
+
+
+def _dotted_keys(node, prefix=""):
+  for k, v in node.items():
+    yield prefix + k
+    if hasattr(v, "items"):
+      yield from _dotted_keys(v, prefix + k + ".")
+
+
 def main(argv=None) -> int:
   argv = list(sys.argv if argv is None else argv)
   try:
     FLAGS(argv)
   except flags.Error as e:
     return _error(f"{_first_line(e)} (see --helpshort for the flags).")
-  except (KeyError, AttributeError, ValueError, TypeError, FileNotFoundError) as e:
-    return _error(f"bad --config or override: {_first_line(e)}")
-  if FLAGS.config is None:
+  except Exception as e:  # Overrides that do not parse.
+    return _error(f"bad --config override: {type(e).__name__}: {_first_line(e)}")
+  if not FLAGS["config"].present:
     return _error("--config is required, e.g. --config configs/quickstart.py.")
   if not FLAGS.workdir:
     return _error("--workdir is required: the directory for checkpoints and metrics.")
+  config, problem = _load_config()
+  if problem:
+    return _error(problem)
 
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("jaxdl").setLevel(logging.INFO)
@@ -62,7 +112,7 @@ def main(argv=None) -> int:
     if FLAGS.multihost:
       jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                  FLAGS.process_id)
-    final = run(FLAGS.config, FLAGS.workdir)
+    final = run(config, FLAGS.workdir)
   except errors.UserError as e:
     return _error(_first_line(e))
   except errors.NonFiniteLossError as e:

@@ -23,6 +23,21 @@ from jaxdl import errors
 log = logging.getLogger("jaxdl")
 
 
+def _key_name(k):
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+  """{"params/dense_0/kernel": shape} for every array leaf, whatever the container types."""
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
+  return {"/".join(_key_name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
 class Checkpointer:
   def __init__(self, directory, *, keep: int = 3, async_save: bool = True):
     self.directory = Path(directory).absolute()
@@ -34,7 +49,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=self.keep, create=True, cleanup_tmp_directories=True,
         enable_async_checkpointing=self.async_save)
-    return ocp.CheckpointManager(self.directory, options=options)
+    return ocp.CheckpointManager(self.directory, item_handlers=ocp.StandardCheckpointHandler(),
+                                 options=options)
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -56,25 +72,19 @@ class Checkpointer:
   def _check_shapes(self, step, abstract_state):
     try:
       meta = self._manager.item_metadata(step)
-    except Exception:  # Unreadable metadata: treat as corruption in restore().
+      saved = _flat_shapes(getattr(meta, "tree", meta))
+    except Exception:  # Unreadable metadata: restore() treats it as corruption.
       return
-    meta = getattr(meta, "tree", meta)
-    try:
-      saved = jax.tree.leaves(meta, is_leaf=lambda x: hasattr(x, "shape"))
-    except Exception:
+    want = _flat_shapes(abstract_state)
+    if not saved:
       return
-    want = jax.tree.leaves(abstract_state)
-    if saved and len(saved) == len(want):
-      for s, w in zip(saved, want):
-        if hasattr(s, "shape") and tuple(s.shape) != tuple(w.shape):
-          raise errors.ConfigError(
-              f"checkpoint step {step} in {self.directory} holds arrays of other shapes than "
-              f"this run ({tuple(s.shape)} vs {tuple(w.shape)}): it belongs to another model or "
-              "config; use a new --workdir or the config that wrote it.")
-    elif saved:
-      raise errors.ConfigError(
-          f"checkpoint step {step} in {self.directory} has {len(saved)} arrays, this run "
-          f"{len(want)}: it belongs to another model or config; use a new --workdir.")
+    for path in sorted(set(saved) | set(want)):
+      if saved.get(path) != want.get(path):
+        raise errors.ConfigError(
+            f"checkpoint step {step} in {self.directory} does not fit this run (array {path}: "
+            f"saved {saved.get(path, 'absent')}, expected {want.get(path, 'absent')}): it "
+            "belongs to another model or config; use a new --workdir or the config that "
+            "wrote it.")
 
   def restore_latest(self, abstract_state):
     """The newest readable checkpoint as (step, state), or (None, None) if there is none.
@@ -107,3 +117,43 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"jaxdl_quarantine_{step}")
     self._manager.close()
     self._manager = self._make_manager()
+
+
+def load_variables(workdir, step: int | None = None) -> dict:
+  """The model variables {"params": ..., "batch_stats": ...} of a training run's checkpoint.
+
+  Args:
+    workdir: the run's --workdir (or its checkpoints/ folder).
+    step: which checkpoint; None for the latest.
+
+  Returns:
+    A dict usable as `model.apply(variables, x, train=False)`, arrays on the host.
+  """
+  directory = Path(workdir)
+  if (directory / "checkpoints").is_dir():
+    directory = directory / "checkpoints"
+  if not directory.is_dir():
+    raise errors.DataNotFoundError(f"no checkpoints in {workdir}; train first with "
+                                   "python -m jaxdl.train --config ... --workdir it.")
+  manager = ocp.CheckpointManager(directory.absolute(),
+                                  item_handlers=ocp.StandardCheckpointHandler(),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise errors.DataNotFoundError(f"no checkpoints in {directory}.")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise errors.ConfigError(f"no checkpoint for step {step} in {directory}; it has "
+                             f"{', '.join(map(str, steps))}.")
+  # Restore onto this process's first device, whatever the topology that saved it.
+  meta = manager.item_metadata(step)
+  meta = getattr(meta, "tree", meta)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), meta,
+      is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+  raw = manager.restore(step, args=ocp.args.StandardRestore(target))
+  manager.close()
+  raw = jax.device_get(raw)
+  return {"params": raw["params"], **(raw.get("model_state") or {})}

@@ -166,7 +166,7 @@ def make_train_step(model, tx, schedule, loss_fn, preprocess, config, num_classe
         objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    out = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    out = {"loss": loss, "grad_norm": optax.tree.norm(grads),
            "learning_rate": schedule(state.step)}
     out.update({k: jnp.mean(v) for k, v in metrics.items()})
     new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -218,12 +218,29 @@ def _host_metrics(pending: list[dict]) -> dict:
   return {f"train/{k}": float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
 
 
-@register_trainer("supervised")
-def train_and_evaluate(config, workdir) -> dict:
-  """Trains `config.model` on `config.dataset`; returns the final metrics."""
+class Setup(NamedTuple):
+  """Everything a supervised run is built from (shared by the loop and the benchmarks)."""
+  mesh: Any
+  info: Any
+  train_source: Any
+  eval_source: Any
+  pipeline: TrainPipeline
+  num_steps: int
+  model: Any
+  preprocess: Any
+  loss_fn: Any
+  tx: Any
+  schedule: Any
+  init: Any                # rng -> TrainState (not jitted)
+  abstract_state: Any      # ShapeDtypeStructs with shardings
+  shardings: Any
+  train_step: Any          # jitted (state, global batch) -> (state, metrics), state donated
+  eval_step: Any           # jitted (state, global batch) -> (sums, count)
+
+
+def setup(config) -> Setup:
+  """Builds mesh, data, model, optimizer, state shardings and compiled steps from `config`."""
   validate(config)
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
 
   # --- Devices and mesh.
   mesh = shard_lib.make_mesh(config.mesh.data, config.mesh.model)
@@ -256,9 +273,12 @@ def train_and_evaluate(config, workdir) -> dict:
   tx, schedule = create_optimizer(config.optimizer, num_steps,
                                   steps_per_epoch=pipeline.steps_per_epoch, seed=config.seed)
 
-  # --- Train state, created already sharded.
-  init_inputs = jax.tree.map(lambda x: jnp.zeros((1,) + np.shape(x)[1:], np.asarray(x).dtype),
-                             example["inputs"])
+  # --- Train state shapes and shardings.
+  def _init_array(x):
+    dtype = np.asarray(x).dtype
+    dtype = np.float32 if dtype == np.float64 else dtype  # Tables come as float64.
+    return jnp.zeros((1,) + np.shape(x)[1:], dtype)
+  init_inputs = jax.tree.map(_init_array, example["inputs"])
 
   def init(rng):
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
@@ -285,17 +305,6 @@ def train_and_evaluate(config, workdir) -> dict:
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
 
-  # --- Restore, or initialize.
-  ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-  start_step, state = ckpt.restore_latest(abstract)
-  if state is None:
-    start_step = 0
-    state = jax.jit(init, out_shardings=shardings)(rng)
-  else:
-    log.info("resuming from checkpoint step %d in %s", start_step, workdir)
-  _save_config(config, workdir)
-  writer = MetricWriter(workdir, resume_step=start_step)
-
   # --- Compiled steps.
   replicated = shard_lib.replicated(mesh)
   batch_sharding = shard_lib.batch_sharding(mesh)
@@ -306,6 +315,37 @@ def train_and_evaluate(config, workdir) -> dict:
       donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, loss_fn, preprocess),
                       in_shardings=(shardings, batch_sharding), out_shardings=replicated)
+  return Setup(mesh=mesh, info=info, train_source=train_source, eval_source=eval_source,
+               pipeline=pipeline, num_steps=num_steps, model=model, preprocess=preprocess,
+               loss_fn=loss_fn, tx=tx, schedule=schedule, init=init, abstract_state=abstract,
+               shardings=shardings, train_step=train_step, eval_step=eval_step)
+
+
+@register_trainer("supervised")
+def train_and_evaluate(config, workdir) -> dict:
+  """Trains `config.model` on `config.dataset`; returns the final metrics."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  built = setup(config)
+  mesh, pipeline, num_steps = built.mesh, built.pipeline, built.num_steps
+  train_source, eval_source = built.train_source, built.eval_source
+  shardings, abstract = built.shardings, built.abstract_state
+  train_step, eval_step = built.train_step, built.eval_step
+  pidx, pcount = jax.process_index(), jax.process_count()
+  rng = jax.random.key(config.seed)
+
+  # --- Restore, or initialize.
+  ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+  start_step, state = ckpt.restore_latest(abstract)
+  if state is None:
+    start_step = 0
+    state = jax.jit(built.init, out_shardings=shardings)(rng)
+  else:
+    log.info("resuming from checkpoint step %d in %s", start_step, workdir)
+  _save_config(config, workdir)
+  writer = MetricWriter(workdir, resume_step=start_step)
+
+  replicated = shard_lib.replicated(mesh)
   all_finite = jax.jit(_all_finite, out_shardings=replicated)
 
   def evaluate(state):
@@ -326,7 +366,8 @@ def train_and_evaluate(config, workdir) -> dict:
     datasets = {"train": train_source}
     if eval_source is not None:
       datasets["test"] = eval_source
-    probes = [probes_lib.get(n)(config, model, datasets, preprocess) for n in probe_names]
+    probes = [probes_lib.get(n)(config, built.model, datasets, built.preprocess)
+              for n in probe_names]
 
   def run_eval(state, step):
     metrics = evaluate(state)

@@ -1,0 +1,89 @@
+"""RDNet: structure (timm names and channel rules), drop path, features_only."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxdl.models as models
+from jaxdl import errors
+from jaxdl.models.rdnet import RDNetBlock, drop_path_rates
+
+# Three tiny stages: plain, downsampling ESE, non-downsampling ESE.
+TINY = dict(num_init_features=16, growth_rates=(8, 16, 16), num_blocks_list=(2, 2, 1),
+            is_downsample_block=(False, True, False),
+            block_types=("Block", "BlockESE", "BlockESE"), num_classes=7)
+X = np.random.default_rng(0).standard_normal((2, 16, 16, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny(random_variables):
+  model = models.create("rdnet_tiny", **TINY)
+  return model, random_variables(model, X)
+
+
+def test_structure_follows_timm(tiny):
+  _, v = tiny
+  p = v["params"]
+  assert p["stem_0"]["kernel"].shape == (4, 4, 3, 16)
+  s0 = p["dense_stages_0_0"]
+  # Block 1 of stage 0 reads 16 + 8 channels; its expansion is int(24 * 4 / 8) * 8 = 96.
+  assert s0["dense_block1"]["layers"]["layers_0"]["kernel"].shape == (7, 7, 1, 24)  # depthwise
+  assert s0["dense_block1"]["layers"]["layers_2"]["kernel"].shape == (1, 1, 24, 96)
+  assert s0["dense_block1"]["layers"]["layers_4"]["kernel"].shape == (1, 1, 96, 8)
+  assert "layers_5" not in s0["dense_block0"]["layers"]                 # plain Block
+  # Transition into stage 1: LN over 16 + 2 * 8 = 32 channels, 2x2/2 conv to 16.
+  assert p["dense_stages_1_0"]["scale"].shape == (32,)
+  assert p["dense_stages_1_1"]["kernel"].shape == (2, 2, 32, 16)
+  assert p["dense_stages_1_2"]["dense_block0"]["layers"]["layers_5"]["fc"]["kernel"].shape == (
+      1, 1, 16, 16)                                                     # ESE
+  # Stage 2 does not downsample: 1x1 transition from 16 + 32 = 48 to 24.
+  assert p["dense_stages_2_1"]["kernel"].shape == (1, 1, 48, 24)
+  assert p["head"]["norm"]["scale"].shape == (40,) and p["head"]["fc"]["kernel"].shape == (40, 7)
+
+
+def test_layer_scale_starts_at_1e_6(fast_jit):
+  block = RDNetBlock(growth_rate=3)
+  v = fast_jit(block.init)(jax.random.key(0), [jnp.ones((1, 1, 1, 2))])
+  np.testing.assert_array_equal(v["params"]["gamma"], np.full(3, 1e-6, np.float32))
+
+
+def test_logits_and_features(tiny, fast_jit):
+  model, v = tiny
+  feat_model = models.create("rdnet_tiny", features_only=True, **TINY)
+  logits, feats = fast_jit(lambda v, x: (model.apply(v, x), feat_model.apply(v, x)))(v, X)
+  assert logits.shape == (2, 7) and feats.shape == (2, 2, 2, 40)
+  # Head: global average pool - LayerNorm (eps 1e-6) - fc, checked in float64 numpy.
+  pooled = np.asarray(feats, np.float64).mean(axis=(1, 2))
+  norm = (pooled - pooled.mean(-1, keepdims=True)) / np.sqrt(pooled.var(-1, keepdims=True)
+                                                             + 1e-6)
+  h = v["params"]["head"]
+  want = (norm * h["norm"]["scale"] + h["norm"]["bias"]) @ h["fc"]["kernel"] + h["fc"]["bias"]
+  np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-5)
+
+
+def test_drop_path_rates_grow_linearly_over_blocks():
+  rates = drop_path_rates(0.4, (2, 2, 1))
+  assert [len(r) for r in rates] == [2, 2, 1]
+  np.testing.assert_allclose(sum(rates, ()), [0.0, 0.1, 0.2, 0.3, 0.4])
+
+
+def test_drop_path_is_active_only_in_training(tiny, fast_jit):
+  _, v = tiny  # random layer scales U(0.5, 1.5): the blocks count, so dropping them shows
+  model = models.create("rdnet_tiny", drop_path_rate=0.5, **TINY)
+  plain = models.create("rdnet_tiny", **TINY)
+
+  @fast_jit
+  def run(key):
+    return (model.apply(v, X, train=True, rngs={"dropout": key}), model.apply(v, X),
+            plain.apply(v, X))
+
+  (a, eval_a, eval_plain), (b, _, _) = run(jax.random.key(0)), run(jax.random.key(1))
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(eval_a, eval_plain)
+
+
+def test_mismatched_stage_lists_are_a_config_error():
+  model = models.create("rdnet_tiny", growth_rates=(8, 8))
+  with pytest.raises(errors.ConfigError, match="one entry per stage"):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

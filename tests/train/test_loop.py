@@ -1,0 +1,213 @@
+"""End-to-end tests of the generic training loop: accuracy, resumption, crashes, sharding."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import jaxdl.data as jdata
+from jaxdl import errors
+from jaxdl.data.registry import DatasetInfo
+from jaxdl.train import train_and_evaluate
+from jaxdl.train.checkpoint import load_variables
+from jaxdl.train.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from configs import quickstart  # noqa: E402
+
+
+def _losses(workdir):
+  return [m["train/loss"] for m in read_metrics(workdir) if "train/loss" in m]
+
+
+def _assert_same_params(a, b, exact=True):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb) and len(la) > 0
+  for x, y in zip(la, lb):
+    if exact:
+      np.testing.assert_array_equal(x, y)
+    else:
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The main job.
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("quickstart")
+  config = quickstart.get_config()
+  config.keep_checkpoints = 2
+  final = train_and_evaluate(config, workdir)
+  return workdir, final
+
+
+def test_quickstart_reaches_95_percent_on_digits(quickstart_run):
+  workdir, final = quickstart_run
+  assert final["eval/accuracy"] >= 0.95
+  records = read_metrics(workdir)
+  assert all("step" in r for r in records)
+  steps = [r["step"] for r in records if "train/loss" in r]
+  assert steps == sorted(steps) and steps[-1] == final["step"]
+  evals = [r for r in records if "eval/accuracy" in r]
+  assert [r["step"] for r in evals] == [300, 600, final["step"]]
+  # The loss went down and TensorBoard event files exist.
+  losses = _losses(workdir)
+  assert losses[-1] < 0.2 * losses[0]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  # keep_checkpoints=2: only the two newest remain.
+  kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == [600, final["step"]]
+  assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "cnn_small"
+
+
+def test_sigkill_then_restart_gives_identical_parameters(quickstart_run, tmp_path, cli):
+  """Killing the process mid-run and restarting loses only the steps since the last
+  checkpoint and ends with exactly the parameters of the uninterrupted run."""
+  reference_dir, final = quickstart_run
+  workdir = tmp_path / "killed"
+  args = ["--config", "configs/quickstart.py", "--workdir", str(workdir),
+          "--config.checkpoint_every_steps=100"]
+  proc = subprocess.Popen([sys.executable, "-m", "jaxdl.train", *args], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpts = workdir / "checkpoints"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (ckpts / "300").is_dir():
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  done = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+  assert done and done[-1] < final["step"]
+  last = done[-1]
+
+  result = cli(args)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f"resuming from checkpoint step {last}" in result.stderr
+  _assert_same_params(load_variables(workdir), load_variables(reference_dir))
+  steps = [m["step"] for m in read_metrics(workdir) if "train/loss" in m]
+  assert steps == sorted(set(steps)), "metrics.jsonl repeats steps after the resume"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reliability.
+
+def _runlocal(**overrides):
+  config = quickstart.get_config("runlocal")
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def test_corrupted_latest_checkpoint_is_skipped(tmp_path, caplog):
+  workdir = tmp_path / "run"
+  config = _runlocal()
+  train_and_evaluate(config, workdir)
+  ckpts = workdir / "checkpoints"
+  assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [20, 40, 45]
+  reference = load_variables(workdir, 45)
+  for f in (ckpts / "45").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"corrupted")
+  caplog.set_level("WARNING", logger="jaxdl")
+  train_and_evaluate(config, workdir)
+  assert any("unreadable" in r.message and "step 45" in r.message for r in caplog.records)
+  assert list((workdir / "corrupted_checkpoints").iterdir())
+  # Resumed from step 40 and redid 40 -> 45 to the same parameters.
+  _assert_same_params(load_variables(workdir, 45), reference)
+
+
+class _NanAfter:
+  """Finite batches until `bad_step`, then NaN inputs."""
+
+  def __init__(self, bad_step):
+    self.bad_step = bad_step
+
+  def get_batch(self, step, batch_size):
+    rng = np.random.default_rng(step)
+    x = rng.normal(size=(batch_size, 4)).astype(np.float32)
+    if step >= self.bad_step:
+      x[:] = np.nan
+    return {"inputs": x, "targets": rng.integers(0, 3, batch_size)}
+
+
+jdata.register("test_nan_after_12", DatasetInfo(
+    name="test_nan_after_12", task="classification", num_classes=3, input_shape=(4,),
+    splits=("train",)))(lambda split, data_dir=None: _NanAfter(12))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = _runlocal(**{"model.name": "mlp", "dataset.name": "test_nan_after_12",
+                        "dataset.eval_split": "", "num_train_steps": 30, "batch_size": 8,
+                        "log_every_steps": 5, "checkpoint_every_steps": 5,
+                        "eval_every_steps": 0})
+  with pytest.raises(errors.NonFiniteLossError) as e:
+    train_and_evaluate(config, tmp_path)
+  msg = str(e.value)
+  assert "\n" not in msg and "by step 15" in msg and "step 10" in msg and "learning_rate" in msg
+  ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert ckpts == [5, 10]
+  params = load_variables(tmp_path)["params"]
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding: 8 host devices, and 2 processes, give the 1-device loss curve.
+
+SHARD_ARGS = ["--config", "configs/quickstart.py:runlocal", "--config.model.name=mlp",
+              "--config.param_sharding=fsdp", "--config.batch_size=64",
+              "--config.num_train_steps=30", "--config.log_every_steps=5",
+              "--config.checkpoint_every_steps=30", "--config.eval_batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("one_device")
+  result = subprocess.run([sys.executable, "-m", "jaxdl.train", *SHARD_ARGS, "--workdir",
+                           str(workdir)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "XLA_FLAGS": ""})
+  assert result.returncode == 0, result.stderr[-2000:]
+  return workdir
+
+
+def test_eight_host_devices_match_one_device(one_device_run, tmp_path, cli):
+  result = cli([*SHARD_ARGS, "--workdir", str(tmp_path)],
+               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert result.returncode == 0, result.stderr[-2000:]
+  ref = _losses(one_device_run)
+  assert len(ref) == 6
+  np.testing.assert_allclose(_losses(tmp_path), ref, rtol=1e-5)
+  _assert_same_params(load_variables(tmp_path), load_variables(one_device_run), exact=False)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(one_device_run, tmp_path):
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "jaxdl.train", *SHARD_ARGS, "--workdir", str(tmp_path),
+       "--multihost", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+       f"--process_id={i}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env={**os.environ, "XLA_FLAGS": ""}) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+  np.testing.assert_allclose(_losses(tmp_path), _losses(one_device_run), rtol=1e-5)
+  _assert_same_params(load_variables(tmp_path), load_variables(one_device_run), exact=False)
