@@ -5,7 +5,7 @@ r"""Exports a trained PFN from a training workdir to jaxdl/inference/pfn_weights
 Writes <name>.msgpack (the params, Flax msgpack) and <name>.json (model name and options,
 Riemann borders recomputed from the run's prior, the prior, context limits, and the training
 run: steps, batch size, final training loss). The borders are a deterministic function of
-the dataset options (jaxdl.train.pfn.PriorDataset), so they match the training run.
+the dataset options (jaxdl.data.pfn_prior.PriorDataset), so they match the training run.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main():
   args = ap.parse_args()
 
   from jaxdl import data as jdata
-  import jaxdl.train.pfn  # noqa: F401  (registers the pfn_prior dataset)
+  import jaxdl.data.pfn_prior  # noqa: F401  (registers the pfn_prior dataset)
 
   workdir = Path(args.workdir)
   config = json.loads((workdir / "config.json").read_text())
