@@ -33,6 +33,10 @@ class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or Inf loss; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+  """SIGINT/SIGTERM stopped training after a checkpoint of the last finished step was written."""
+
+
 def unknown_name(kind: str, name: str, choices) -> UnknownNameError:
   """Builds the standard 'unknown X' error, with close matches first."""
   import difflib

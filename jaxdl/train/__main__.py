@@ -117,8 +117,12 @@ def main(argv=None) -> int:
     return _error(_first_line(e))
   except errors.NonFiniteLossError as e:
     return _error(_first_line(e), code=3)
+  except errors.TrainingInterrupted as e:
+    return _error(_first_line(e), code=130)
   except KeyboardInterrupt:
-    return _error("interrupted; restart with the same --workdir to resume.", code=130)
+    return _error("interrupted before a checkpoint could be written at a step boundary; "
+                  "restarting with the same --workdir resumes from the newest checkpoint.",
+                  code=130)
   if jax.process_index() == 0:
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in sorted(final.items()))

@@ -16,6 +16,8 @@ import functools
 import json
 import logging
 import math
+import signal
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -321,6 +323,51 @@ def setup(config) -> Setup:
                shardings=shardings, train_step=train_step, eval_step=eval_step)
 
 
+class StopRequest:
+  """Turns SIGINT/SIGTERM into a request to stop at the next step boundary.
+
+  Interrupting a jitted step midway would leave the donated state half-consumed, so the
+  handlers only set a flag; the loop checks it after each step, writes a checkpoint of the
+  last finished step and raises `errors.TrainingInterrupted`. A second signal interrupts at
+  once (the previous handlers are back). Handlers are installed only in the main thread
+  (elsewhere `signal` cannot install them and the flag stays unset).
+  """
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+    self._restore()  # A second signal acts immediately.
+
+  def _restore(self):
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    self._restore()
+    return False
+
+  def requested(self, *, sync: bool = False) -> bool:
+    """Whether any process was signalled; `sync` agrees across processes (a collective)."""
+    flag = self.signum is not None
+    if sync and jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      flag = bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+    return flag
+
+
 @register_trainer("supervised")
 def train_and_evaluate(config, workdir) -> dict:
   """Trains `config.model` on `config.dataset`; returns the final metrics."""
@@ -399,28 +446,39 @@ def train_and_evaluate(config, workdir) -> dict:
              disable=None if pidx == 0 else True)
   pending: list = []
   unchecked: list = []
+  multiprocess = pcount > 1
   try:
-    for step, batch in zip(range(start_step, num_steps),
-                           pipeline.iterate(start_step, num_steps)):
-      state, metrics = train_step(state, shard_lib.global_batch(batch, mesh))
-      pending.append(metrics)
-      unchecked.append(metrics)
-      done = step + 1
-      bar.update(1)
-      if done % config.log_every_steps == 0 or done == num_steps:
-        check_finite(done, unchecked, state)
-        unchecked = []
-        train_metrics = _host_metrics(pending)
-        pending = []
-        writer.write(done, train_metrics)
-        final_metrics.update(train_metrics)
-        bar.set_postfix(loss=f"{train_metrics['train/loss']:.4f}")
-      if done in eval_at:
-        final_metrics.update(run_eval(state, done))
-      if done % config.checkpoint_every_steps == 0 or done == num_steps:
-        check_finite(done, unchecked, state)
-        unchecked = []
-        ckpt.save(done, state, force=True)
+    with StopRequest() as stop:
+      for step, batch in zip(range(start_step, num_steps),
+                             pipeline.iterate(start_step, num_steps)):
+        state, metrics = train_step(state, shard_lib.global_batch(batch, mesh))
+        pending.append(metrics)
+        unchecked.append(metrics)
+        done = step + 1
+        bar.update(1)
+        if done % config.log_every_steps == 0 or done == num_steps:
+          check_finite(done, unchecked, state)
+          unchecked = []
+          train_metrics = _host_metrics(pending)
+          pending = []
+          writer.write(done, train_metrics)
+          final_metrics.update(train_metrics)
+          bar.set_postfix(loss=f"{train_metrics['train/loss']:.4f}")
+        if done in eval_at:
+          final_metrics.update(run_eval(state, done))
+        if done % config.checkpoint_every_steps == 0 or done == num_steps:
+          check_finite(done, unchecked, state)
+          unchecked = []
+          ckpt.save(done, state, force=True)
+        # Across processes the flag is agreed at log steps only (a collective).
+        at_sync_point = not multiprocess or done % config.log_every_steps == 0
+        if at_sync_point and stop.requested(sync=multiprocess):
+          check_finite(done, unchecked, state)
+          if ckpt.latest_step() != done:
+            ckpt.save(done, state, force=True)
+          raise errors.TrainingInterrupted(
+              f"interrupted at step {done}; its checkpoint is in {ckpt.directory}: restart with "
+              "the same --workdir to resume.")
   finally:
     bar.close()
     ckpt.close()

@@ -98,6 +98,36 @@ def test_sigkill_then_restart_gives_identical_parameters(quickstart_run, tmp_pat
   assert steps == sorted(set(steps)), "metrics.jsonl repeats steps after the resume"
 
 
+def test_sigint_writes_a_checkpoint_and_the_restart_matches(quickstart_run, tmp_path, cli):
+  """SIGINT (or SIGTERM, a preemption) stops at the next step boundary after writing a
+  checkpoint of that step, exits 130 with one line, and the restart loses nothing."""
+  reference_dir, final = quickstart_run
+  workdir = tmp_path / "interrupted"
+  args = ["--config", "configs/quickstart.py", "--workdir", str(workdir),
+          "--config.checkpoint_every_steps=100000"]  # No periodic checkpoint before the end.
+  proc = subprocess.Popen([sys.executable, "-m", "jaxdl.train", *args], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  metrics_file = workdir / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (
+      metrics_file.exists() and any(m.get("step", 0) >= 100 for m in read_metrics(workdir))):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130, stderr[-2000:]
+  last_line = stderr.strip().splitlines()[-1]
+  assert last_line.startswith("error: interrupted at step "), last_line
+  step = int(last_line.split("interrupted at step ")[1].split(";")[0])
+  assert 100 <= step < final["step"]
+  ckpts = workdir / "checkpoints"
+  assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [step]
+
+  result = cli(args)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f"resuming from checkpoint step {step}" in result.stderr
+  _assert_same_params(load_variables(workdir), load_variables(reference_dir))
+
+
 # ---------------------------------------------------------------------------------------------
 # Reliability.
 
