@@ -72,6 +72,14 @@ def plot_run(records, ax_acc, ax_lc, radius=None, title=None):
   steps, vals = series(records, "adv/test_accuracy")
   if steps:
     ax_acc.plot(*_log_x(steps, vals), color=colors["adv"], label="adversarial accuracy (PGD)")
+  extra = sorted({k for r in records for k in r if k.startswith("adv/test_accuracy_eps")},
+                 key=lambda k: -float(k[len("adv/test_accuracy_eps"):]))
+  for i, key in enumerate(extra):  # Smaller attacks (probe_kwargs.adv_extra_eps), dashed.
+    eps = float(key[len("adv/test_accuracy_eps"):])
+    label = f"{eps * 255:.3g}/255" if abs(eps * 255 - round(eps * 255)) < 1e-3 else f"{eps:g}"
+    steps, vals = series(records, key)
+    ax_acc.plot(*_log_x(steps, vals), color=colors["adv"], ls=("--", ":", "-.")[i % 3],
+                label=f"PGD accuracy, eps {label}")
   ax_acc.set_xscale("log")
   ax_acc.set_ylim(-0.02, 1.02)
   ax_acc.set_ylabel("accuracy")

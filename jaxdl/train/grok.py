@@ -9,7 +9,9 @@ Registered for `config.probes` (run at every evaluation step, e.g. the log-space
                     test, random and decision-boundary points, for each radius
                     -> "lc_r<radius>/<train|test|random|boundary>/<total|layer>"
   adversarial       PGD accuracy on a fixed set of test points
-                    -> "adv/test_accuracy", "adv/test_clean_accuracy"
+                    -> "adv/test_accuracy", "adv/test_clean_accuracy", and for each radius e
+                    of `adv_extra_eps` "adv/test_accuracy_eps<e>" (step size scaled by
+                    e / adv_eps), to see robustness move where the main eps gives 0
 
 Options come from `config.probe_kwargs` (defaults below, the paper's MNIST settings). The
 points and the frame of directions are drawn once, so every step measures the same thing.
@@ -43,6 +45,7 @@ DEFAULTS = {
     "lc_per_layer": True,
     "lc_seed": 0,
     "adv_eps": 8 / 255,
+  "adv_extra_eps": (),          # More radii, e.g. (1/255, 2/255): smaller attacks.
     "adv_step_size": 2 / 255,
     "adv_num_steps": 10,
     "adv_norm": "linf",
@@ -190,6 +193,12 @@ def adversarial_probe(config, model, datasets, preprocess):
   key = jax.random.key(int(opts["adv_seed"]))
   attack = dict(eps=float(opts["adv_eps"]), step_size=float(opts["adv_step_size"]),
                 num_steps=int(opts["adv_num_steps"]), norm=str(opts["adv_norm"]), **clip)
+  extra = opts["adv_extra_eps"]
+  extra = (extra,) if isinstance(extra, (int, float)) else tuple(extra or ())
+  if any(float(e) <= 0 for e in extra):
+    raise errors.ConfigError(f"probe_kwargs.adv_extra_eps={extra!r} must be positive radii, "
+                             "e.g. (2/255,).")
+  extra = tuple(float(e) for e in extra)
 
   def probe(variables, step):
     v = _variables(variables)
@@ -197,5 +206,10 @@ def adversarial_probe(config, model, datasets, preprocess):
     adv = adversarial.adversarial_accuracy(logits, v, x, y, batch_size=int(
         opts["adv_batch_size"]), rng_key=rng_key, **attack)
     clean = adversarial.accuracy(logits, v, x, y, batch_size=int(opts["adv_batch_size"]))
-    return {"adv/test_accuracy": adv, "adv/test_clean_accuracy": clean}
+    out = {"adv/test_accuracy": adv, "adv/test_clean_accuracy": clean}
+    for e in extra:
+      out[f"adv/test_accuracy_eps{e:.4g}"] = adversarial.adversarial_accuracy(
+          logits, v, x, y, batch_size=int(opts["adv_batch_size"]), rng_key=rng_key,
+          **dict(attack, eps=e, step_size=attack["step_size"] * e / attack["eps"]))
+    return out
   return probe

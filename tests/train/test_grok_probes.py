@@ -95,10 +95,14 @@ def test_adversarial_probe_on_digits(tmp_path):
   c.probe_kwargs.adv_step_size = 1.0 / 16
   c.probe_kwargs.adv_num_steps = 5
   c.probe_kwargs.adv_num_points = 128
+  c.probe_kwargs.adv_extra_eps = (0.5 / 16,)
   jtrain.run(c, tmp_path)
   last = [r for r in _records(tmp_path) if "adv/test_accuracy" in r][-1]
   assert last["adv/test_clean_accuracy"] > 0.8
   assert last["adv/test_accuracy"] < last["adv/test_clean_accuracy"] - 0.2
+  # An 8x smaller attack hurts less than the full one and no more than clean.
+  small = last["adv/test_accuracy_eps0.03125"]
+  assert last["adv/test_accuracy"] < small <= last["adv/test_clean_accuracy"]
 
 
 def test_probe_option_errors():
