@@ -13,6 +13,7 @@ mean/std normalization. Paper: 4.51% test error (95.49% accuracy) on C10+.
 DenseNet-BC, a few steps).
 """
 
+from jaxdl import errors
 from jaxdl.train.defaults import default_config
 
 
@@ -56,5 +57,5 @@ def get_config(arg=None):
     c.eval_every_steps = 0
     c.checkpoint_every_steps = 3
   elif arg:
-    raise ValueError(f"unknown config variant {arg!r}; use 'runlocal' or nothing.")
+    raise errors.ConfigError(f"unknown config variant {arg!r}; use 'runlocal' or nothing.")
   return c

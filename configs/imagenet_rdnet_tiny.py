@@ -17,6 +17,7 @@ center crop 224). Also timm warms up from 1e-4 (here from 0) and schedules per e
 available offline).
 """
 
+from jaxdl import errors
 from jaxdl.train.defaults import default_config
 
 
@@ -71,5 +72,5 @@ def get_config(arg=None):
     c.eval_every_steps = 0
     c.checkpoint_every_steps = 3
   elif arg:
-    raise ValueError(f"unknown config variant {arg!r}; use 'runlocal' or nothing.")
+    raise errors.ConfigError(f"unknown config variant {arg!r}; use 'runlocal' or nothing.")
   return c

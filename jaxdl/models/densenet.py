@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from jaxdl import errors
 from jaxdl.layers import sow_relu
+from jaxdl.layers.inputs import check_images
 from jaxdl.layers.norm import batch_norm
 from jaxdl.layers.remat import recompute_in_backward
 from jaxdl.models.registry import register
@@ -236,6 +237,7 @@ class DenseNet(nn.Module):
     if self.stem not in ("imagenet", "cifar"):
       raise errors.ConfigError(f"DenseNet stem must be 'imagenet' or 'cifar', got "
                                f"{self.stem!r}; pass stem='imagenet' or stem='cifar'.")
+    check_images(type(self).__name__, x)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     num_features = self.num_init_features or 2 * self.growth_rate
     x = jnp.asarray(x, self.dtype)

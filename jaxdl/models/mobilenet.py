@@ -46,6 +46,7 @@ import jax.numpy as jnp
 
 from jaxdl import errors
 from jaxdl.layers import activation
+from jaxdl.layers.inputs import check_images
 from jaxdl.models.registry import register
 
 
@@ -219,9 +220,7 @@ class InvertedResidualNet(nn.Module):
   def __call__(self, x, train: bool = False):
     """x: [N, H, W, 3] -> logits [N, num_classes] (float32)."""
     self._check()
-    if x.ndim != 4:
-      raise errors.ShapeError(f"{type(self).__name__} takes NHWC images [N, H, W, C], got "
-                              f"shape {tuple(x.shape)}.")
+    check_images(type(self).__name__, x)
     x = _conv(self, round_channels(self.stem_size, self.width_mult), 3, 2, "conv_stem")(x)
     x = activation(self, _bn(self, train, "bn1")(x), "bn1_act", "relu6")
     stages = stage_indices(self.channels)

@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxdl import errors
 from jaxdl.layers import activation
+from jaxdl.layers.inputs import check_images
 from jaxdl.layers.drop_path import DropPath
 from jaxdl.layers.norm import layer_norm
 from jaxdl.models.registry import register
@@ -191,6 +192,7 @@ class RDNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """x: [N, H, W, 3] -> logits [N, num_classes] (float32)."""
+    check_images(type(self).__name__, x)
     lengths = {len(self.growth_rates), len(self.num_blocks_list),
                len(self.is_downsample_block), len(self.block_types)}
     if len(lengths) != 1:

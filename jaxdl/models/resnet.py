@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from jaxdl import errors
 from jaxdl.layers import sow_relu
+from jaxdl.layers.inputs import check_images
 from jaxdl.layers.norm import batch_norm
 from jaxdl.models.registry import register
 
@@ -138,6 +139,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """x: [N, H, W, 3] -> logits [N, num_classes] (float32)."""
+    check_images(type(self).__name__, x)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = jnp.asarray(x, self.dtype)
     if self.stem == "imagenet":
@@ -183,6 +185,7 @@ class CifarResNet(nn.Module):
                                f"got {self.depth}.")
     if self.shortcut not in ("A", "B"):
       raise errors.ConfigError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}.")
+    check_images(type(self).__name__, x)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     n = (self.depth - 2) // 6
     x = jnp.asarray(x, self.dtype)
@@ -246,6 +249,7 @@ class PreActResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    check_images(type(self).__name__, x)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = jnp.asarray(x, self.dtype)
     x = _conv(self.width, 3, 1, "conv1", **kw)(x)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers import sow_relu
+from jaxdl.layers.inputs import check_images
 from jaxdl.models.registry import register
 
 CFGS = {
@@ -73,6 +74,7 @@ class VGG(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """x: [N, H, W, 3] -> logits [N, num_classes] (float32)."""
+    check_images(type(self).__name__, x)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     # timm: kaiming_normal_(fan_out, relu) for convs, N(0, 0.01) for linear layers.
     conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

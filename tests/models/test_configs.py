@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import jaxdl.models as models
+from jaxdl import errors
 from jaxdl.train.defaults import default_config
 
 
@@ -33,6 +34,13 @@ def test_configs_use_the_schema_and_valid_model_options(repo_root, name, arg):
   assert _keys(cfg) <= _keys(default_config())  # nothing the loop would ignore
   overrides = {k: v for k, v in cfg.model.items() if k != "name"}
   models.create(cfg.model.name, **overrides)  # raises ConfigError on an unknown option
+
+
+@pytest.mark.parametrize("name", ["cifar10_densenet_bc100", "imagenet_rdnet_tiny"])
+def test_unknown_variant_is_a_one_line_config_error(repo_root, name):
+  with pytest.raises(errors.ConfigError, match="unknown config variant 'gpu'") as e:
+    _load(repo_root, name, "gpu")
+  assert "\n" not in str(e.value)
 
 
 def test_densenet_bc100_is_the_papers_recipe(repo_root):

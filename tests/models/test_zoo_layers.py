@@ -1,10 +1,13 @@
 """Shared layers of the zoo: PyTorch-convention norms (float64 references), drop path and
-recompute-in-backward rematerialization."""
+recompute-in-backward rematerialization, the NHWC input check."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+import jaxdl.models as models
+from jaxdl import errors
 from jaxdl.layers.drop_path import DropPath
 from jaxdl.layers.norm import batch_norm, layer_norm
 from jaxdl.layers.remat import recompute_in_backward
@@ -76,3 +79,14 @@ def test_recompute_in_backward_same_gradients_less_memory():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert dots1 > dots0  # the forward matmuls are recomputed in the backward pass
   assert mem1 < mem0
+
+
+@pytest.mark.parametrize("name", ["densenet_bc_100_k12", "resnet20", "resnet18", "vgg11",
+                                  "rdnet_tiny", "mobilenetv2_035", "preact_resnet18"])
+@pytest.mark.parametrize("shape,match", [((2, 3, 32, 32), "looks like PyTorch's NCHW"),
+                                         ((32, 32, 3), "add a batch axis")])
+def test_image_models_reject_non_nhwc_input_in_one_line(name, shape, match):
+  model = models.create(name)
+  with pytest.raises(errors.ShapeError, match=match) as e:
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+  assert "\n" not in str(e.value) and "[N, H, W, C]" in str(e.value)
