@@ -1,0 +1,61 @@
+"""tools/bench_gpu.py --smoke runs on CPU and produces every section of its table.
+
+The numbers of a CPU smoke run mean nothing; only the structure is checked. The torch
+section is skipped (a row says so) when torch/timm are not importable, as in the default
+environment.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+  spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "tools" / "bench_gpu.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _check(rows, models, configs):
+  sections = {r["section"] for r in rows}
+  assert "peak" in sections and "torch" in sections
+  jax_rows = [r for r in rows if r["section"] == "jaxdl"]
+  assert len(jax_rows) == len(models) * len(configs)
+  for r in jax_rows:
+    assert r["images_per_s"] > 0 and r["ms"] > 0 and r["mfu"] > 0
+  torch_available = importlib.util.find_spec("torch") and importlib.util.find_spec("timm")
+  if not torch_available:
+    assert [r["config"] for r in rows if r["section"] == "torch"] == [
+        "skipped: torch/timm not importable"]
+
+
+def test_smoke_one_model_with_kernel_hook(capsys, tmp_path):
+  # The bf16 + kernel-hook configuration of the DenseNet (the hook replaces every dense
+  # layer's bottleneck); kernel microbenchmarks are covered by the slow test below.
+  rows = _bench().main(["--smoke", "--models", "densenet_bc_100_k12", "--configs",
+                        "bf16+kernels", "--skip", "kernels", "--json",
+                        str(tmp_path / "r.json")])
+  _check(rows, ["densenet_bc_100_k12"], ["bf16+kernels"])
+  out = capsys.readouterr().out
+  assert "densenet_bc_100_k12" in out and "train bf16+kernels" in out
+  assert (tmp_path / "r.json").read_text().startswith("{")
+
+
+@pytest.mark.slow
+def test_full_smoke_run(capsys):
+  bench = _bench()
+  rows = bench.main(["--smoke"])
+  configs = ["f32", "bf16", "f32+kernels", "bf16+kernels"]
+  jax_rows = [r for r in rows if r["section"] == "jaxdl"]
+  # Kernel configurations only for the DenseNets (no kernel applies to rdnet/resnet).
+  assert len(jax_rows) == 2 * 4 + 2 * 2
+  kernel_rows = [r for r in rows if r["section"] == "kernel"]
+  names = {r["name"] for r in kernel_rows}
+  assert names == {"dense_bottleneck fwd+bwd", "prototype_min_distance fwd+bwd",
+                   "context_attention fwd+bwd"}
+  assert all("ms" in r for r in kernel_rows), [r for r in kernel_rows if "ms" not in r]
+  del configs
