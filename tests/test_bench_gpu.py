@@ -33,16 +33,24 @@ def _check(rows, models, configs):
         "skipped: torch/timm not importable"]
 
 
-def test_smoke_one_model_with_kernel_hook(capsys, tmp_path):
-  # The bf16 + kernel-hook configuration of the DenseNet (the hook replaces every dense
-  # layer's bottleneck); kernel microbenchmarks are covered by the slow test below.
-  rows = _bench().main(["--smoke", "--models", "densenet_bc_100_k12", "--configs",
-                        "bf16+kernels", "--skip", "kernels", "--json",
+def test_smoke_table_and_json(capsys, tmp_path):
+  # The cheap part by default (peak, torch section, table, JSON); a model train step and the
+  # kernel microbenchmarks run in the slow test below (~20 CPU-s), and the kernel hook's
+  # numerics are checked in test_kernel_hook_gives_the_same_densenet (slow, ~7 CPU-s).
+  rows = _bench().main(["--smoke", "--skip", "jax", "kernels", "--json",
                         str(tmp_path / "r.json")])
-  _check(rows, ["densenet_bc_100_k12"], ["bf16+kernels"])
+  _check(rows, [], [])
   out = capsys.readouterr().out
-  assert "densenet_bc_100_k12" in out and "train bf16+kernels" in out
-  assert (tmp_path / "r.json").read_text().startswith("{")
+  assert "bf16 matmul" in out and "| torch" in out
+  assert '"rows"' in (tmp_path / "r.json").read_text()
+
+
+@pytest.mark.slow
+def test_smoke_one_model_with_kernel_hook(capsys):
+  rows = _bench().main(["--smoke", "--models", "densenet_bc_100_k12", "--configs",
+                        "bf16+kernels", "--skip", "kernels"])
+  _check(rows, ["densenet_bc_100_k12"], ["bf16+kernels"])
+  assert "train bf16+kernels" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -59,3 +67,32 @@ def test_full_smoke_run(capsys):
                    "context_attention fwd+bwd"}
   assert all("ms" in r for r in kernel_rows), [r for r in kernel_rows if "ms" not in r]
   del configs
+
+
+@pytest.mark.slow
+def test_kernel_hook_gives_the_same_densenet():
+  # The bench's "+kernels" rows must train the same network: with the hook (XLA bottleneck,
+  # per-input batch moments, folded BatchNorm) logits, updated statistics and gradients
+  # match the plain DenseNet.
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxdl import models
+  bench = _bench()
+  model = models.create("densenet_bc_100_k12", growth_rate=4, block_config=(2,),
+                        num_classes=3)
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  v = jax.jit(model.init)(jax.random.key(1), x)
+
+  def run(v):
+    def loss(p):
+      out, state = model.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(out ** 2), (out, state)
+    return jax.grad(loss, has_aux=True)(v["params"])
+
+  plain = jax.jit(run)(v)
+  with bench.dense_bottleneck_kernel(impl="xla"):
+    hooked = jax.jit(run)(v)
+  for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(hooked)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

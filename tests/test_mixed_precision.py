@@ -39,7 +39,7 @@ CASES = {
     "mlp": ("mlp", dict(features=(32, 32), num_classes=5), (4, 12)),
     "cnn": ("cnn", dict(features=(8, 16), dense=(16,), use_bn=True, num_classes=5),
             (4, 8, 8, 3)),
-    "densenet": ("densenet_bc_100_k12", dict(growth_rate=4, block_config=(2, 2),
+    "densenet": ("densenet_bc_100_k12", dict(growth_rate=4, block_config=(1,),
                                              num_classes=5), (4, 8, 8, 3)),
     "rdnet": ("rdnet_tiny", dict(num_init_features=16, growth_rates=(8, 16),
                                  num_blocks_list=(1, 1), is_downsample_block=(False, True),
@@ -55,7 +55,7 @@ CASES = {
                                     prototype_dim=4, impl="xla",
                                     backbone_kwargs={"features": (4, 8), "use_bn": True}),
                   (4, 8, 8, 3)),
-    "pfn": ("pfn_small", dict(num_classes=16, num_layers=2, emsize=32, hidden=64,
+    "pfn": ("pfn_small", dict(num_classes=16, num_layers=1, emsize=32, hidden=64,
                               decoder_hidden=32), None),
 }
 
