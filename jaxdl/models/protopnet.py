@@ -140,8 +140,10 @@ class PartPrototypeNet(nn.Module):
   def setup(self):
     if self.variant not in VARIANTS:
       raise errors.unknown_name("prototype network variant", self.variant, VARIANTS)
+    # The backbone computes in the network's dtype (mixed precision) unless told otherwise.
     self.features = create(self.backbone, features_only=True,
-                           **dict(self.backbone_kwargs or {}))
+                           **{"dtype": self.dtype, "param_dtype": self.param_dtype,
+                              **dict(self.backbone_kwargs or {})})
     default_add_on = {"protopnet": "regular", "evalprotopnet": "sigmoid",
                       "stprotopnet": "tanh"}[self.variant]
     kind = self.add_on or default_add_on

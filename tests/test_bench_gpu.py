@@ -1,0 +1,98 @@
+"""tools/bench_gpu.py --smoke runs on CPU and produces every section of its table.
+
+The numbers of a CPU smoke run mean nothing; only the structure is checked. The torch
+section is skipped (a row says so) when torch/timm are not importable, as in the default
+environment.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+  spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "tools" / "bench_gpu.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _check(rows, models, configs):
+  sections = {r["section"] for r in rows}
+  assert "peak" in sections and "torch" in sections
+  jax_rows = [r for r in rows if r["section"] == "jaxdl"]
+  assert len(jax_rows) == len(models) * len(configs)
+  for r in jax_rows:
+    assert r["images_per_s"] > 0 and r["ms"] > 0 and r["mfu"] > 0
+  torch_available = importlib.util.find_spec("torch") and importlib.util.find_spec("timm")
+  if not torch_available:
+    assert [r["config"] for r in rows if r["section"] == "torch"] == [
+        "skipped: torch/timm not importable"]
+
+
+def test_smoke_table_and_json(capsys, tmp_path):
+  # The cheap part by default (peak, torch section, table, JSON); a model train step and the
+  # kernel microbenchmarks run in the slow test below (~20 CPU-s), and the kernel hook's
+  # numerics are checked in test_kernel_hook_gives_the_same_densenet (slow, ~7 CPU-s).
+  rows = _bench().main(["--smoke", "--skip", "jax", "kernels", "--json",
+                        str(tmp_path / "r.json")])
+  _check(rows, [], [])
+  out = capsys.readouterr().out
+  assert "bf16 matmul" in out and "| torch" in out
+  assert '"rows"' in (tmp_path / "r.json").read_text()
+
+
+@pytest.mark.slow
+def test_smoke_one_model_with_kernel_hook(capsys):
+  rows = _bench().main(["--smoke", "--models", "densenet_bc_100_k12", "--configs",
+                        "bf16+kernels", "--skip", "kernels"])
+  _check(rows, ["densenet_bc_100_k12"], ["bf16+kernels"])
+  assert "train bf16+kernels" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_full_smoke_run(capsys):
+  bench = _bench()
+  rows = bench.main(["--smoke"])
+  configs = ["f32", "bf16", "f32+kernels", "bf16+kernels"]
+  jax_rows = [r for r in rows if r["section"] == "jaxdl"]
+  # Kernel configurations only for the DenseNets (no kernel applies to rdnet/resnet).
+  assert len(jax_rows) == 2 * 4 + 2 * 2
+  kernel_rows = [r for r in rows if r["section"] == "kernel"]
+  names = {r["name"] for r in kernel_rows}
+  assert names == {"dense_bottleneck fwd+bwd", "prototype_min_distance fwd+bwd",
+                   "context_attention fwd+bwd"}
+  assert all("ms" in r for r in kernel_rows), [r for r in kernel_rows if "ms" not in r]
+  del configs
+
+
+@pytest.mark.slow
+def test_kernel_hook_gives_the_same_densenet():
+  # The bench's "+kernels" rows must train the same network: with the hook (XLA bottleneck,
+  # per-input batch moments, folded BatchNorm) logits, updated statistics and gradients
+  # match the plain DenseNet.
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxdl import models
+  bench = _bench()
+  model = models.create("densenet_bc_100_k12", growth_rate=4, block_config=(2,),
+                        num_classes=3)
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  v = jax.jit(model.init)(jax.random.key(1), x)
+
+  def run(v):
+    def loss(p):
+      out, state = model.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(out ** 2), (out, state)
+    return jax.grad(loss, has_aux=True)(v["params"])
+
+  plain = jax.jit(run)(v)
+  with bench.dense_bottleneck_kernel(impl="xla"):
+    hooked = jax.jit(run)(v)
+  for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(hooked)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

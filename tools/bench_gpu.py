@@ -1,0 +1,401 @@
+"""Accelerator throughput in one run: jaxdl vs timm/PyTorch train steps, MFU, kernels vs XLA.
+
+  PYTHONPATH=. python tools/bench_gpu.py                       # on the GPU: BENCHMARKS.md table
+  PYTHONPATH=. python tools/bench_gpu.py --json /tmp/gpu.json  # + machine-readable results
+  PYTHONPATH=. python tools/bench_gpu.py --smoke               # CPU: tiny sizes, seconds (CI)
+
+Sections (all in one process, one table):
+1. Peak: the measured bf16 matmul rate (jit(a @ b), square bf16, float32 accumulation),
+   the denominator of every MFU below.
+2. jaxdl train steps (forward + backward + SGD-momentum, BatchNorm in training mode, random
+   data, donated state) for densenet121, densenet_bc_100_k12, rdnet_tiny, resnet50 in float32
+   and in bf16 (dtype=bfloat16: bf16 compute, float32 parameters and statistics), each
+   without and, where a kernel applies (DenseNets: the dense-layer bottleneck,
+   jaxdl/kernels/dense_bottleneck.py), with the Pallas kernels. Reported: images/s, peak
+   device memory (`memory_stats()["peak_bytes_in_use"]`, reset between rows is not possible
+   in JAX, so rows run in order of increasing memory and the peak is the running max;
+   run one row per process with --models/--configs for exact numbers), and
+   MFU = XLA's cost-analysis FLOPs per step / step time / section 1's peak.
+3. timm/PyTorch (when `import torch, timm` works in this interpreter, else skipped): eager
+   float32, eager bf16 autocast + channels_last, torch.compile bf16 autocast +
+   channels_last; images/s and `torch.cuda.max_memory_allocated`.
+4. Kernel microbenchmarks, forward + backward, each against its XLA version on the shapes
+   of its model: dense bottleneck (DenseNet-121 block 1 last layer), prototype distance +
+   min-pool (ProtoPNet, 14x14 maps, 2000 prototypes), PFN context attention (xla vs
+   jax.nn.dot_product_attention/cuDNN vs the portable Pallas kernel).
+
+Timing: one warm-up call (compile excluded), then `--repeats` timed calls of `--steps`
+steps each; medians. Configurations are timed in turns when several share a model, so load
+from other processes hits them alike. With --smoke everything is tiny, the kernels run in
+interpret mode and the numbers mean nothing: it only checks that the script works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+MODELS = ("densenet121", "densenet_bc_100_k12", "rdnet_tiny", "resnet50")
+RES = {"densenet_bc_100_k12": 32}
+NUM_CLASSES = {"densenet_bc_100_k12": 10}
+# --smoke: tiny variants of the same families.
+SMOKE_OVERRIDES = {
+    "densenet121": dict(growth_rate=32, block_config=(2,), num_classes=10),
+    "densenet_bc_100_k12": dict(growth_rate=12, block_config=(2,), num_classes=10),
+    "rdnet_tiny": dict(num_init_features=16, growth_rates=(8, 16), num_blocks_list=(1, 1),
+                       is_downsample_block=(False, True), block_types=("Block", "BlockESE"),
+                       num_classes=10),
+    "resnet50": dict(stage_sizes=(1, 1), num_classes=10),
+}
+
+
+def _median_time(fn, repeats, steps):
+  fn()  # warm-up (compilation excluded)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      out = fn()
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t0) / steps)
+  return statistics.median(times)
+
+
+def _peak_bytes():
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def _flops(compiled):
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+  except Exception:  # some backends have no cost analysis
+    return float("nan")
+
+
+# ---- 1. bf16 matmul peak ------------------------------------------------------------------
+
+def matmul_peak(n, repeats):
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  t = _median_time(lambda: f(a, b), repeats, 10)
+  return 2.0 * n ** 3 / t
+
+
+# ---- 2. jaxdl train steps -----------------------------------------------------------------
+
+def _kernel_bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre, impl,
+                       interpret):
+  """densenet._bottleneck with concat-BN-ReLU-conv1x1 done by the dense_bottleneck kernel.
+
+  Same contract as jaxdl.models.densenet._bottleneck: BatchNorm statistics are computed
+  input by input (no concatenation), folded into a scale/shift, and differentiated through.
+  """
+  from jaxdl.kernels.dense_bottleneck import batch_moments, dense_bottleneck, fold_batch_norm
+  from jaxdl.models import densenet
+  if want_pre:  # analysis mode: use the plain path, which records the preactivations
+    return densenet._ORIGINAL_BOTTLENECK(features, norm1, conv1, norm2, train=train,
+                                         dtype=dtype, want_pre=want_pre)
+  gamma, beta, running_mean, running_var = norm1
+  if train:
+    mean, var = batch_moments(features)
+  else:
+    mean, var = running_mean, running_var
+  scale, shift = fold_batch_norm(gamma, beta, mean, var)
+  cdt = dtype or jnp.float32
+  z = dense_bottleneck(tuple(f.astype(cdt) for f in features), scale, shift,
+                       conv1.astype(cdt), impl=impl, interpret=interpret, out_dtype=cdt)
+  y2, m2, v2 = densenet._batch_norm_fn(z, *norm2, train, dtype)
+  return jax.nn.relu(y2), (mean, var), (m2, v2)
+
+
+@contextlib.contextmanager
+def dense_bottleneck_kernel(impl="auto", interpret=False):
+  """Routes every DenseNet dense layer through the bottleneck kernel while active.
+
+  A bench-only hook: it swaps jaxdl.models.densenet._bottleneck (see BENCHMARKS.md for the
+  one-field model change that would make this a config option).
+  """
+  from jaxdl.models import densenet
+  original = densenet._bottleneck
+  densenet._ORIGINAL_BOTTLENECK = original
+  densenet._bottleneck = partial(_kernel_bottleneck, impl=impl, interpret=interpret)
+  try:
+    yield
+  finally:
+    densenet._bottleneck = original
+
+
+def jax_train_step(name, batch, dtype, kernels, smoke):
+  """(run() -> state, flops per step) for one jaxdl configuration."""
+  import jaxdl.models as models
+  overrides = dict(SMOKE_OVERRIDES[name]) if smoke else {}
+  if dtype == "bf16":
+    overrides["dtype"] = jnp.bfloat16
+  model = models.create(name, **overrides)
+  res = 32 if smoke else RES.get(name, 224)
+  num_classes = overrides.get("num_classes", NUM_CLASSES.get(name, 1000))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, res, res, 3), dtype=np.float32))
+  y = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
+  tx = optax.sgd(0.01, momentum=0.9)
+  # --smoke checks the hook's wiring (per-input batch moments, folding, BN2) with the XLA
+  # bottleneck: interpret-mode kernels inside a whole train step take minutes to compile on
+  # CPU (the kernels themselves are exercised in section 4 and in tests/kernels).
+  hook = (dense_bottleneck_kernel(impl="xla" if smoke else "auto")
+          if kernels else contextlib.nullcontext())
+  with hook:
+    v = jax.jit(model.init)(jax.random.key(0), x[:1])
+    variables = {k: v[k] for k in ("params", "batch_stats") if k in v}
+
+    def step(variables, opt_state, x, y):
+      def loss_fn(p):
+        logits, new = model.apply({**variables, "params": p}, x, train=True,
+                                  mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+      (_, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+      updates, opt_state = tx.update(grads, opt_state, variables["params"])
+      return {"params": optax.apply_updates(variables["params"], updates), **new}, opt_state
+
+    opt_state = tx.init(variables["params"])
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(variables, opt_state, x, y).compile()
+  carry = [variables, opt_state]
+
+  def run():
+    carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
+    return carry[0]
+  return run, _flops(compiled)
+
+
+def _kernel_applies(name):
+  return name.startswith("densenet")
+
+
+# ---- 3. timm / PyTorch ----------------------------------------------------------------------
+
+def torch_rows(names, batch_for, repeats, steps, smoke):
+  try:
+    import timm
+    import torch
+  except ImportError:
+    return [dict(section="torch", name="-", config="skipped: torch/timm not importable")]
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  rows = []
+  configs = [("eager f32", False, False, False), ("eager bf16 autocast channels_last", True,
+                                                   True, False)]
+  if device == "cuda" or not smoke:
+    configs.append(("compile bf16 autocast channels_last", True, True, True))
+  for name in names:
+    for label, bf16, channels_last, compiled in configs:
+      if smoke:
+        model = timm.create_model("resnet18" if name == "resnet50" else "densenet121",
+                                  pretrained=False, num_classes=10)
+      elif name == "densenet_bc_100_k12":
+        model = timm.models.densenet.DenseNet(growth_rate=12, block_config=(16, 16, 16),
+                                              num_classes=10)
+        model.features.conv0 = torch.nn.Conv2d(3, 24, 3, padding=1, bias=False)
+        model.features.norm0 = torch.nn.Identity()
+        model.features.pool0 = torch.nn.Identity()
+      else:
+        model = timm.create_model(name, pretrained=False)
+      model = model.to(device).train()
+      res = 32 if smoke else RES.get(name, 224)
+      b = batch_for(name)
+      x = torch.randn(b, 3, res, res, device=device)
+      y = torch.randint(0, 10, (b,), device=device)
+      if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+      opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+      fwd = torch.compile(model) if compiled else model
+
+      def run():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+          loss = torch.nn.functional.cross_entropy(fwd(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+      if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+      run()
+      times = []
+      for _ in range(repeats):
+        if device == "cuda":
+          torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+          run()
+        if device == "cuda":
+          torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) / steps)
+      t = statistics.median(times)
+      peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+      rows.append(dict(section="torch", name=name, config=label, images_per_s=b / t,
+                       peak_mib=None if peak is None else peak / 2 ** 20))
+  return rows
+
+
+# ---- 4. kernel microbenchmarks ------------------------------------------------------------
+
+def kernel_rows(repeats, steps, smoke):
+  from jaxdl.kernels import attention, dense_bottleneck, prototype_distance
+  interpret = smoke and jax.default_backend() == "cpu"
+  key = jax.random.key(0)
+  rows = []
+
+  def timed(label, shape_note, fns):
+    base = None
+    for impl, f in fns:
+      try:
+        t = _median_time(f, repeats, steps)
+      except Exception as e:  # a kernel that does not lower here: say why, keep going
+        rows.append(dict(section="kernel", name=label, config=f"{impl}: {type(e).__name__}",
+                         note=str(e).split("\n")[0][:80]))
+        continue
+      base = t if impl == "xla" else base
+      rows.append(dict(section="kernel", name=label, config=f"{impl} ({shape_note})",
+                       ms=1e3 * t, vs_xla=None if base is None else base / t))
+
+  # Dense bottleneck: DenseNet-121 block 1, layer 6 (64 + 5 * 32 channels -> 128), 56x56.
+  n, hw = (1, 8) if smoke else (64, 56)
+  sizes = [64] + [32] * 5
+  xs = tuple(jax.random.normal(jax.random.fold_in(key, i), (n, hw, hw, c), jnp.bfloat16)
+             for i, c in enumerate(sizes))
+  scale, shift = jnp.ones(sum(sizes)), jnp.zeros(sum(sizes))
+  w = (jax.random.normal(key, (sum(sizes), 128)) / 15).astype(jnp.bfloat16)
+  impls = ["xla", "mosaic_gpu" if jax.default_backend() == "gpu" else "pallas"]
+
+  def db_fn(impl):
+    g = jax.jit(jax.grad(lambda xs, w: dense_bottleneck.dense_bottleneck(
+        xs, scale, shift, w, impl=impl, interpret=interpret).astype(jnp.float32).sum(),
+        argnums=(0, 1)))
+    return lambda: g(xs, w)
+  timed("dense_bottleneck fwd+bwd", f"{n}x{hw}x{hw}, 224->128 bf16",
+        [(i, db_fn(i)) for i in impls])
+
+  # Prototype distance + min-pool: ProtoPNet, 14x14 maps, 2000 prototypes of 128.
+  n, hw, p = (2, 16, 64) if smoke else (80, 196, 2000)
+  z = jax.random.uniform(key, (n, hw, 128))
+  pr = jax.random.uniform(jax.random.key(1), (p, 128))
+
+  def pd_fn(impl):
+    g = jax.jit(jax.grad(lambda z, p: prototype_distance.prototype_min_distance(
+        z, p, impl=impl, interpret=interpret)[0].sum(), argnums=(0, 1)))
+    return lambda: g(z, pr)
+  timed("prototype_min_distance fwd+bwd", f"{n}x{hw}x128, P={p} f32",
+        [(i, pd_fn(i)) for i in ("xla", "pallas")])
+
+  # PFN context attention: 64 datasets of 1024 rows (smoke: 2 of 16), 4 heads of 64.
+  b, t, h, d = (2, 16, 2, 16) if smoke else (64, 1024, 4, 64)
+  q, k, v = (jax.random.normal(jax.random.fold_in(key, i), (b, t, h, d), jnp.bfloat16)
+             for i in range(3))
+  nc = jnp.full((b,), t // 2, jnp.int32)
+
+  def at_fn(impl):
+    g = jax.jit(jax.grad(lambda q, k, v: attention.context_attention(
+        q, k, v, nc, impl=impl, interpret=interpret).astype(jnp.float32).sum(),
+        argnums=(0, 1, 2)))
+    return lambda: g(q, k, v)
+  timed("context_attention fwd+bwd", f"B={b} T={t} H={h} D={d} bf16",
+        [(i, at_fn(i)) for i in ("xla", "dpa", "pallas")])
+  return rows
+
+
+# ---- main ---------------------------------------------------------------------------------
+
+def _fmt(v, spec):
+  width = int(spec.split(".")[0] or 0)
+  if v is None or (isinstance(v, float) and not np.isfinite(v)):
+    return "-".rjust(width)
+  return format(v, spec)
+
+
+def print_table(rows, peak):
+  print(f"\nbackend {jax.default_backend()} ({jax.devices()[0].device_kind}); "
+        f"measured bf16 matmul peak {peak / 1e12:.2f} TFLOP/s")
+  print(f"| {'section':7} | {'model / kernel':32} | {'config':44} | {'img/s':>9} | "
+        f"{'ms':>9} | {'peak MiB':>8} | {'MFU':>6} | {'vs base':>7} |")
+  print("|" + "|".join("-" * w for w in (9, 34, 46, 11, 11, 10, 8, 9)) + "|")
+  for r in rows:
+    print(f"| {r['section']:7} | {r['name']:32} | {r['config'][:44]:44} | "
+          f"{_fmt(r.get('images_per_s'), '9.1f')} | {_fmt(r.get('ms'), '9.3f')} | "
+          f"{_fmt(r.get('peak_mib'), '8.0f')} | {_fmt(r.get('mfu'), '6.1%')} | "
+          f"{_fmt(r.get('vs_xla', r.get('vs_base')), '7.2f')} |")
+    if r.get("note"):
+      print(f"|         |   note: {r['note']}")
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (CI check)")
+  parser.add_argument("--models", nargs="+", default=list(MODELS))
+  parser.add_argument("--configs", nargs="+",
+                      default=["f32", "bf16", "f32+kernels", "bf16+kernels"])
+  parser.add_argument("--batch", type=int, default=64, help="224x224 models")
+  parser.add_argument("--cifar-batch", type=int, default=256, help="32x32 models")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
+  parser.add_argument("--matmul-size", type=int, default=8192)
+  parser.add_argument("--skip", nargs="*", default=[], choices=["jax", "torch", "kernels"])
+  parser.add_argument("--json", type=Path, help="also write the rows here")
+  args = parser.parse_args(argv)
+  if args.smoke:
+    args.batch = args.cifar_batch = 2
+    args.repeats, args.steps, args.matmul_size = 2, 1, 256
+
+  def batch_for(name):
+    return args.cifar_batch if (name in RES and not args.smoke) else args.batch
+
+  peak = matmul_peak(args.matmul_size, args.repeats)
+  rows = [dict(section="peak", name="bf16 matmul", config=f"{args.matmul_size}^3",
+               ms=2e3 * args.matmul_size ** 3 / peak, note=f"{peak / 1e12:.2f} TFLOP/s")]
+  if "jax" not in args.skip:
+    for name in args.models:
+      base = {}
+      for cfg in args.configs:
+        dtype = "bf16" if cfg.startswith("bf16") else "f32"
+        kernels = cfg.endswith("+kernels")
+        if kernels and not _kernel_applies(name):
+          continue
+        b = batch_for(name)
+        run, flops = jax_train_step(name, b, dtype, kernels, args.smoke)
+        t = _median_time(run, args.repeats, args.steps)
+        mem = _peak_bytes()
+        base.setdefault(dtype, t)
+        rows.append(dict(section="jaxdl", name=name, config=f"train {cfg} batch {b}",
+                         images_per_s=b / t, ms=1e3 * t,
+                         peak_mib=None if mem is None else mem / 2 ** 20,
+                         mfu=flops / t / peak, vs_base=base[dtype] / t))
+        print(f"  done: {name} {cfg} {b / t:.1f} img/s", file=sys.stderr, flush=True)
+  if "torch" not in args.skip:
+    rows += torch_rows(args.models, batch_for, args.repeats, args.steps, args.smoke)
+  if "kernels" not in args.skip:
+    rows += kernel_rows(args.repeats, args.steps, args.smoke)
+  print_table(rows, peak)
+  if args.json:
+    args.json.write_text(json.dumps(dict(backend=jax.default_backend(),
+                                         device=jax.devices()[0].device_kind,
+                                         bf16_matmul_peak_flops=peak, rows=rows), indent=1))
+  return rows
+
+
+if __name__ == "__main__":
+  main()
