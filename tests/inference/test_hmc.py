@@ -3,12 +3,15 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxdl import models
 from jaxdl.inference import hmc, priors
 from jaxdl.inference.bnn import BNN
 
 
+# ~35 CPU-seconds, almost all NumPyro/XLA compilation: slow (result in RESULTS.md).
+@pytest.mark.slow
 def test_nuts_on_a_tiny_bnn_reaches_rhat_below_1_05():
   model = models.create("mlp", features=(3,), activation="tanh", num_classes=1)
   params = model.init(jax.random.key(0), jnp.zeros((1, 1)))["params"]
