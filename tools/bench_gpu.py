@@ -11,7 +11,8 @@ Sections (all in one process, one table):
    data, donated state) for densenet121, densenet_bc_100_k12, rdnet_tiny, resnet50 in float32
    and in bf16 (dtype=bfloat16: bf16 compute, float32 parameters and statistics), each
    without and, where a kernel applies (DenseNets: the dense-layer bottleneck,
-   jaxdl/kernels/dense_bottleneck.py), with the Pallas kernels. Reported: images/s, peak
+   jaxdl/kernels/dense_bottleneck.py, the model option bottleneck_impl="auto"), with the
+   Pallas kernels (on CPU "auto" is XLA). Reported: images/s, peak
    device memory (`memory_stats()["peak_bytes_in_use"]`, reset between rows is not possible
    in JAX, so rows run in order of increasing memory and the peak is the running max;
    run one row per process with --models/--configs for exact numbers), and
@@ -33,12 +34,10 @@ interpret mode and the numbers mean nothing: it only checks that the script work
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -100,54 +99,14 @@ def matmul_peak(n, repeats):
 
 # ---- 2. jaxdl train steps -----------------------------------------------------------------
 
-def _kernel_bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre, impl,
-                       interpret):
-  """densenet._bottleneck with concat-BN-ReLU-conv1x1 done by the dense_bottleneck kernel.
-
-  Same contract as jaxdl.models.densenet._bottleneck: BatchNorm statistics are computed
-  input by input (no concatenation), folded into a scale/shift, and differentiated through.
-  """
-  from jaxdl.kernels.dense_bottleneck import batch_moments, dense_bottleneck, fold_batch_norm
-  from jaxdl.models import densenet
-  if want_pre:  # analysis mode: use the plain path, which records the preactivations
-    return densenet._ORIGINAL_BOTTLENECK(features, norm1, conv1, norm2, train=train,
-                                         dtype=dtype, want_pre=want_pre)
-  gamma, beta, running_mean, running_var = norm1
-  if train:
-    mean, var = batch_moments(features)
-  else:
-    mean, var = running_mean, running_var
-  scale, shift = fold_batch_norm(gamma, beta, mean, var)
-  cdt = dtype or jnp.float32
-  z = dense_bottleneck(tuple(f.astype(cdt) for f in features), scale, shift,
-                       conv1.astype(cdt), impl=impl, interpret=interpret, out_dtype=cdt)
-  y2, m2, v2 = densenet._batch_norm_fn(z, *norm2, train, dtype)
-  return jax.nn.relu(y2), (mean, var), (m2, v2)
-
-
-@contextlib.contextmanager
-def dense_bottleneck_kernel(impl="auto", interpret=False):
-  """Routes every DenseNet dense layer through the bottleneck kernel while active.
-
-  A bench-only hook: it swaps jaxdl.models.densenet._bottleneck (see BENCHMARKS.md for the
-  one-field model change that would make this a config option).
-  """
-  from jaxdl.models import densenet
-  original = densenet._bottleneck
-  densenet._ORIGINAL_BOTTLENECK = original
-  densenet._bottleneck = partial(_kernel_bottleneck, impl=impl, interpret=interpret)
-  try:
-    yield
-  finally:
-    densenet._bottleneck = original
-
-
 def jax_train_step(name, batch, dtype, kernels, smoke):
   """(run() -> state, flops per step) for one jaxdl configuration."""
   import jaxdl.models as models
   overrides = dict(SMOKE_OVERRIDES[name]) if smoke else {}
   if dtype == "bf16":
     overrides["dtype"] = jnp.bfloat16
+  if kernels:  # The DenseNet bottleneck kernel through the model option.
+    overrides["bottleneck_impl"] = "auto"
   model = models.create(name, **overrides)
   res = 32 if smoke else RES.get(name, 224)
   num_classes = overrides.get("num_classes", NUM_CLASSES.get(name, 1000))
@@ -155,26 +114,20 @@ def jax_train_step(name, batch, dtype, kernels, smoke):
   x = jnp.asarray(rng.standard_normal((batch, res, res, 3), dtype=np.float32))
   y = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
   tx = optax.sgd(0.01, momentum=0.9)
-  # --smoke checks the hook's wiring (per-input batch moments, folding, BN2) with the XLA
-  # bottleneck: interpret-mode kernels inside a whole train step take minutes to compile on
-  # CPU (the kernels themselves are exercised in section 4 and in tests/kernels).
-  hook = (dense_bottleneck_kernel(impl="xla" if smoke else "auto")
-          if kernels else contextlib.nullcontext())
-  with hook:
-    v = jax.jit(model.init)(jax.random.key(0), x[:1])
-    variables = {k: v[k] for k in ("params", "batch_stats") if k in v}
+  v = jax.jit(model.init)(jax.random.key(0), x[:1])
+  variables = {k: v[k] for k in ("params", "batch_stats") if k in v}
 
-    def step(variables, opt_state, x, y):
-      def loss_fn(p):
-        logits, new = model.apply({**variables, "params": p}, x, train=True,
-                                  mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
-      (_, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-      updates, opt_state = tx.update(grads, opt_state, variables["params"])
-      return {"params": optax.apply_updates(variables["params"], updates), **new}, opt_state
+  def step(variables, opt_state, x, y):
+    def loss_fn(p):
+      logits, new = model.apply({**variables, "params": p}, x, train=True,
+                                mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+    (_, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    updates, opt_state = tx.update(grads, opt_state, variables["params"])
+    return {"params": optax.apply_updates(variables["params"], updates), **new}, opt_state
 
-    opt_state = tx.init(variables["params"])
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(variables, opt_state, x, y).compile()
+  opt_state = tx.init(variables["params"])
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(variables, opt_state, x, y).compile()
   carry = [variables, opt_state]
 
   def run():

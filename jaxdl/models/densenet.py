@@ -103,6 +103,31 @@ def _bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre):
   return out + ((y1, y2),) if want_pre else out
 
 
+BOTTLENECK_IMPLS = ("xla", "auto", "pallas", "mosaic_gpu")
+
+
+def _kernel_bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre, impl):
+  """`_bottleneck` with concat - BN - ReLU - conv1x1 done by `kernels.dense_bottleneck`.
+
+  Same contract as `_bottleneck`: BatchNorm statistics are computed input by input (no
+  concatenation), folded into a per-channel scale/shift and differentiated through. On CPU
+  the Pallas implementations run in interpret mode (a correctness path, not a fast one).
+  """
+  from jaxdl.kernels.dense_bottleneck import batch_moments, dense_bottleneck, fold_batch_norm
+  if want_pre:  # Analysis: the plain path records the ReLU inputs.
+    return _bottleneck(features, norm1, conv1, norm2, train=train, dtype=dtype,
+                       want_pre=want_pre)
+  gamma, beta, running_mean, running_var = norm1
+  mean, var = batch_moments(features) if train else (running_mean, running_var)
+  scale, shift = fold_batch_norm(gamma, beta, mean, var)
+  cdt = dtype or jnp.float32
+  z = dense_bottleneck(tuple(f.astype(cdt) for f in features), scale, shift,
+                       conv1.astype(cdt), impl=impl, out_dtype=cdt,
+                       interpret=jax.default_backend() == "cpu")
+  y2, m2, v2 = _batch_norm_fn(z, *norm2, train, dtype)
+  return jax.nn.relu(y2), (mean, var), (m2, v2)
+
+
 class DenseLayer(nn.Module):
   """One bottleneck layer: new features [N, H, W, k] from the list of earlier features.
 
@@ -114,12 +139,15 @@ class DenseLayer(nn.Module):
       effective on every backend. "checkpoint": `jax.checkpoint` with the
       `nothing_saveable` policy, effective on GPU/TPU but undone by XLA:CPU, which expands
       the optimization barriers and merges the recomputation with the forward pass.
+    bottleneck_impl: "xla" (default) or a `jaxdl.kernels.dense_bottleneck` implementation
+      ("auto", "pallas", "mosaic_gpu") that never materializes the concatenation.
   """
   growth_rate: int
   bn_size: int = 4
   drop_rate: float = 0.0
   memory_efficient: bool = False
   remat: str = "recompute"
+  bottleneck_impl: str = "xla"
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -131,7 +159,14 @@ class DenseLayer(nn.Module):
     kernel = _ConvKernel((1, 1, c_in, width), self.param_dtype, name="conv1")()
     *norm2, stats2 = _BatchNormVariables(width, self.param_dtype, name="norm2")()
     want_pre = self.is_mutable_collection("preactivations")
-    fn = partial(_bottleneck, train=train, dtype=self.dtype, want_pre=want_pre)
+    if self.bottleneck_impl not in BOTTLENECK_IMPLS:
+      raise errors.ConfigError(f"DenseNet bottleneck_impl must be one of {BOTTLENECK_IMPLS}, "
+                               f"got {self.bottleneck_impl!r}.")
+    if self.bottleneck_impl == "xla":
+      fn = partial(_bottleneck, train=train, dtype=self.dtype, want_pre=want_pre)
+    else:
+      fn = partial(_kernel_bottleneck, train=train, dtype=self.dtype, want_pre=want_pre,
+                   impl=self.bottleneck_impl)
     if self.memory_efficient:
       if self.remat == "recompute":
         fn = recompute_in_backward(fn)
@@ -167,6 +202,7 @@ class DenseBlock(nn.Module):
   drop_rate: float = 0.0
   memory_efficient: bool = False
   remat: str = "recompute"
+  bottleneck_impl: str = "xla"
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -174,9 +210,10 @@ class DenseBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     features = [x]
     for i in range(self.num_layers):
-      features.append(DenseLayer(self.growth_rate, self.bn_size, self.drop_rate,
-                                 self.memory_efficient, self.remat, self.dtype,
-                                 self.param_dtype, name=f"denselayer{i + 1}")(features, train))
+      layer = DenseLayer(self.growth_rate, self.bn_size, self.drop_rate, self.memory_efficient,
+                         self.remat, self.bottleneck_impl, self.dtype, self.param_dtype,
+                         name=f"denselayer{i + 1}")
+      features.append(layer(features, train))
     return jnp.concatenate(features, axis=-1)
 
 
@@ -212,6 +249,8 @@ class DenseNet(nn.Module):
     memory_efficient: rematerialize concat + BN + ReLU + conv1 of each dense layer.
     remat: "recompute" (custom VJP, every backend) or "checkpoint" (`jax.checkpoint` with
       the nothing_saveable policy: GPU/TPU only, XLA:CPU undoes it), see DenseLayer.
+    bottleneck_impl: "xla", or "auto" / "pallas" / "mosaic_gpu" for the Pallas kernel
+      `jaxdl.kernels.dense_bottleneck` (no concatenation in memory), see DenseLayer.
     features_only: return the final feature map after norm5 + ReLU, [N, h, w, C].
     dtype: compute dtype (None = float32); BN statistics stay float32.
     param_dtype: parameter dtype.
@@ -227,6 +266,7 @@ class DenseNet(nn.Module):
   proj_drop_rate: float = 0.0
   memory_efficient: bool = False
   remat: str = "recompute"
+  bottleneck_impl: str = "xla"
   features_only: bool = False
   dtype: Any = None
   param_dtype: Any = jnp.float32
@@ -251,7 +291,8 @@ class DenseNet(nn.Module):
                   kernel_init=_conv_init, name="conv0", **kw)(x)
     for i, num_layers in enumerate(self.block_config):
       x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.proj_drop_rate,
-                     self.memory_efficient, self.remat, name=f"denseblock{i + 1}",
+                     self.memory_efficient, self.remat, self.bottleneck_impl,
+                     name=f"denseblock{i + 1}",
                      **kw)(x, train)
       num_features += num_layers * self.growth_rate
       if i != len(self.block_config) - 1:

@@ -67,8 +67,9 @@ def test_preactivations_cover_every_relu(tiny_state):
   assert len(pre) == 2 * 6 + 1 + 1
 
 
-def _loss_and_grads(memory_efficient, v, jit):
-  model = models.create("densenet_bc_100_k12", memory_efficient=memory_efficient, **TINY)
+def _loss_and_grads(memory_efficient, v, jit, **options):
+  model = models.create("densenet_bc_100_k12", memory_efficient=memory_efficient, **TINY,
+                        **options)
 
   def loss(params):
     logits, new = model.apply({"params": params, "batch_stats": v["batch_stats"]}, X,
@@ -87,6 +88,19 @@ def test_memory_efficient_equals_naive(tiny, fast_jit):
   for a, b in zip(jax.tree_util.tree_leaves((g0, s0)), jax.tree_util.tree_leaves((g1, s1))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   assert float(jnp.abs(g0["denseblock1"]["denselayer1"]["norm1"]["scale"]).max()) > 0
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_bottleneck_kernel_option_equals_xla(tiny, fast_jit, memory_efficient):
+  # bottleneck_impl="pallas" (interpret mode on CPU): per-input batch moments, BatchNorm
+  # folded into the kernel's scale/shift, the kernel's custom VJP; same loss, updated
+  # statistics and gradients as the concatenating XLA path (float32 sums in another order).
+  _, v = tiny
+  (l0, s0), g0 = _loss_and_grads(False, v, fast_jit)
+  (l1, s1), g1 = _loss_and_grads(memory_efficient, v, fast_jit, bottleneck_impl="pallas")
+  np.testing.assert_allclose(l0, l1, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves((g0, s0)), jax.tree_util.tree_leaves((g1, s1))):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_memory_efficient_lowers_compiled_memory():
@@ -136,7 +150,8 @@ def test_dropout_uses_the_dropout_rng(tiny, fast_jit):
 
 
 @pytest.mark.parametrize("override,match", [(dict(stem="tiny"), "stem"),
-                                            (dict(memory_efficient=True, remat="x"), "remat")])
+                                            (dict(memory_efficient=True, remat="x"), "remat"),
+                                            (dict(bottleneck_impl="cuda"), "bottleneck_impl")])
 def test_bad_options_are_one_line_config_errors(override, match):
   model = models.create("densenet_bc_100_k12", growth_rate=2, block_config=(1,), **override)
   with pytest.raises(errors.ConfigError, match=match):
