@@ -60,6 +60,9 @@ def main():
   ap.add_argument("--models", default="")
   ap.add_argument("--data_dir", default=None)
   ap.add_argument("--json", default="")
+  ap.add_argument("--max_minutes", type=float, default=0.0,
+                  help="start no new table after this many minutes (0: no limit); the "
+                       "summary covers the tables finished")
   args = ap.parse_args()
 
   from jaxdl import data as jdata
@@ -68,9 +71,16 @@ def main():
   meta = load_pfn(args.weights).meta
   trained_context = int(meta.get("trained_max_context", meta["max_context"]))
   tables = args.tables.split(",") if args.tables else offline.openml_tables(args.data_dir)
+  if not tables:
+    raise SystemExit("error: no OpenML-CC18 tables found; pass --data_dir (the folder holding "
+                     "openml_cc18/) or set JAXDL_DATA_DIR.")
   makers = models(args, trained_context)
   results = {}
+  start = time.perf_counter()
   for table in tables:
+    if args.max_minutes and time.perf_counter() - start > 60 * args.max_minutes:
+      print(f"time limit: stopped before {table}; {len(results)} tables done", flush=True)
+      break
     d = jdata.load("openml_cc18", "all", args.data_dir, table=table)
     x, y = d["inputs"].astype(np.float32), d["targets"]
     if x.shape[1] > 100 or len(np.unique(y)) > 10:
