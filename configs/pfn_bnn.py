@@ -2,7 +2,9 @@ r"""PFN on a BNN classification prior (Müller et al. 2022, section 5.2) on the 
 
   python -m jaxdl.train --config configs/pfn_bnn.py --workdir /tmp/pfn_bnn
   python tools/pfn_export.py --workdir /tmp/pfn_bnn --name bnn_cls
-  python tools/bench_pfn.py nuts --weights bnn_cls      # PFN vs NumPyro NUTS
+  python tools/bench_pfn.py nuts --weights bnn_cls --sizes 5,20,50   # PFN vs NumPyro NUTS
+
+The shipped `bnn_cls` weights are this run at step 1,750 (RESULTS.md).
 
 Prior: x ~ N(0, I_3); a tanh MLP 3-8-8-2 with weights N(0, 1/fan_in) and biases N(0, 1)
 (jaxdl.models "mlp", drawn by jaxdl.inference.pfn.bnn_classification_prior); labels ~

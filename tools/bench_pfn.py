@@ -1,6 +1,6 @@
 r"""PFN benchmarks.
 
-  python tools/bench_pfn.py nuts --weights bnn_cls --sizes 10,30,100 --num_datasets 10
+  python tools/bench_pfn.py nuts --weights bnn_cls --sizes 5,20,50 --num_datasets 8
   python tools/bench_pfn.py forward --weights gp_rbf
 
 `nuts`: on datasets drawn from the BNN classification prior the PFN was trained on (read
@@ -151,7 +151,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("what", choices=["nuts", "forward"])
   ap.add_argument("--weights", default="bnn_cls")
-  ap.add_argument("--sizes", default="10,30,100")
+  ap.add_argument("--sizes", default="5,20,50")
   ap.add_argument("--num_datasets", type=int, default=10)
   ap.add_argument("--num_queries", type=int, default=100)
   ap.add_argument("--num_warmup", type=int, default=500)

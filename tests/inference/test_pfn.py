@@ -136,3 +136,48 @@ def test_bnn_and_mixture_priors_shapes_and_determinism():
   np.testing.assert_array_equal(y1, y2)
   # Different datasets of one batch come from different functions.
   assert np.std(np.asarray(y1).mean(1)) > 0
+
+
+def test_scm_prior_building_blocks_and_errors():
+  from jaxdl.inference import pfn_tabular
+  t = jnp.asarray(np.random.default_rng(0).normal(size=200), jnp.float32)
+  cls = np.asarray(jax.jit(pfn_tabular._rank_classes, static_argnums=(2, 3))(
+      jax.random.key(1), t, 3, 5))
+  # 3 classes (ids a permutation of 0..2) that are monotone in t: cut at 2 thresholds.
+  assert set(np.unique(cls)) == {0, 1, 2}
+  order = cls[np.argsort(np.asarray(t))]
+  assert np.sum(order[1:] != order[:-1]) == 2
+  z = jnp.asarray([-10.0, -4.0, 0.5, 4.0, 9.0])
+  np.testing.assert_allclose(pfn_tabular.soft_clip(z), [-4 - np.log(7), -4, 0.5, 4,
+                                                        4 + np.log(6)], rtol=1e-6)
+  codes = np.asarray(jax.jit(pfn_tabular._discretize)(jax.random.key(2), t))
+  assert codes.min() >= 0 and codes.max() <= 9 and np.all(codes == np.round(codes))
+  # Codes are monotone in the feature (binning at thresholds).
+  assert np.all(np.diff(codes[np.argsort(np.asarray(t))]) >= 0)
+  with pytest.raises(errors.ConfigError, match="max_features"):
+    pfn_tabular.scm_classification_prior(6, 3, width=12)(jax.random.key(0), 2, 10, 5)
+  with pytest.raises(errors.ConfigError, match="width"):
+    pfn_tabular.scm_classification_prior(16, 3, width=16)
+
+
+@pytest.mark.slow
+def test_scm_classification_prior_padding_labels_and_errors():
+  from jaxdl.inference import pfn_tabular
+  # Eager (un-jitted) draws of a tiny prior; even so this takes minutes on a loaded CPU
+  # (compiling the jitted sampler takes 2-3 minutes), hence slow.
+  sample = pfn_tabular.scm_classification_prior(6, 3, width=12, max_layers=2)
+  x, y = sample(jax.random.key(0), 6, 40, 6)
+  x, y = np.asarray(x), np.asarray(y)
+  assert x.shape == (6, 40, 6) and y.shape == (6, 40) and np.all(np.isfinite(x))
+  assert set(np.unique(y)) <= {0.0, 1.0, 2.0}
+  for xi in x:
+    # The used features come first; the padding columns are exactly zero.
+    used = np.flatnonzero(np.abs(xi).max(0) > 0)
+    d = used.max() + 1 if used.size else 0
+    assert d >= 1 and np.all(xi[:, d:] == 0.0)
+  x2, _ = sample(jax.random.key(0), 6, 40, 6)
+  np.testing.assert_array_equal(np.asarray(x2), x)
+  with pytest.raises(errors.ConfigError, match="max_features"):
+    sample(jax.random.key(0), 2, 10, 5)
+  with pytest.raises(errors.ConfigError, match="width"):
+    pfn_tabular.scm_classification_prior(16, 3, width=16)
