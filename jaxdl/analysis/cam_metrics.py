@@ -149,13 +149,14 @@ def causal_curve(model: nn.Module, variables: Any, x: jax.Array, saliency: jax.A
   elif callable(substrate):
     substrate = substrate(x)
   substrate = jnp.broadcast_to(jnp.asarray(substrate, x.dtype), x.shape)
+  # `mode` is traced (a bool), so deletion and insertion share one compiled function.
   return _causal_curve(model, variables, x, saliency, _class_array(classes, x), substrate,
-                       mode=mode, num_steps=num_steps, score=score)
+                       jnp.asarray(mode == "insertion"), num_steps=num_steps, score=score)
 
 
-@jit_static("mode", "num_steps", "score")
-def _causal_curve(model, variables, x, saliency, classes, substrate, mode, num_steps, score):
-  start, finish = (x, substrate) if mode == "deletion" else (substrate, x)
+@jit_static("num_steps", "score")
+def _causal_curve(model, variables, x, saliency, classes, substrate, insert, num_steps, score):
+  start, finish = jnp.where(insert, substrate, x), jnp.where(insert, x, substrate)
   cls = _classes(model, variables, x, classes)
   f = _score_fn(model, variables, score)
   hw = x.shape[1] * x.shape[2]
