@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxdl import errors
 from jaxdl.layers import activation
+from jaxdl.layers.depthwise import DepthwiseConv
 from jaxdl.layers.inputs import check_images
 from jaxdl.layers.drop_path import DropPath
 from jaxdl.layers.norm import layer_norm
@@ -71,9 +72,7 @@ class FeatureMixer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(kernel_init=_conv_init, dtype=self.dtype, param_dtype=self.param_dtype)
-    c = x.shape[-1]
-    x = nn.Conv(c, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=c, name="layers_0",
-                **kw)(x)
+    x = DepthwiseConv(7, name="layers_0", **kw)(x)  # Fast on CPU too; nn.Conv's params.
     x = layer_norm("layers_1", self.dtype, self.param_dtype)(x)
     x = nn.Conv(self.inter_features, (1, 1), name="layers_2", **kw)(x)
     x = activation(self, x, "gelu", "gelu")
