@@ -35,8 +35,8 @@ def _check(rows, models, configs):
 
 def test_smoke_table_and_json(capsys, tmp_path):
   # The cheap part by default (peak, torch section, table, JSON); a model train step and the
-  # kernel microbenchmarks run in the slow test below (~20 CPU-s), and the kernel hook's
-  # numerics are checked in test_kernel_hook_gives_the_same_densenet (slow, ~7 CPU-s).
+  # kernel microbenchmarks run in the slow tests below (~20 CPU-s); the bottleneck_impl model
+  # option that "+kernels" uses is checked against XLA in tests/models/test_densenet.py.
   rows = _bench().main(["--smoke", "--skip", "jax", "kernels", "--json",
                         str(tmp_path / "r.json")])
   _check(rows, [], [])
@@ -46,7 +46,7 @@ def test_smoke_table_and_json(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_one_model_with_kernel_hook(capsys):
+def test_smoke_one_model_with_kernels(capsys):
   rows = _bench().main(["--smoke", "--models", "densenet_bc_100_k12", "--configs",
                         "bf16+kernels", "--skip", "kernels"])
   _check(rows, ["densenet_bc_100_k12"], ["bf16+kernels"])

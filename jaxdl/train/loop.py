@@ -12,7 +12,6 @@ one.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ import optax
 from jaxdl import data as jdata
 from jaxdl import errors
 from jaxdl import models
-from jaxdl.data.pipeline import TrainPipeline, eval_batches, source_length
+from jaxdl.data.pipeline import TrainPipeline, eval_batches
 from jaxdl.train import losses as losses_lib
 from jaxdl.train import probes as probes_lib
 from jaxdl.train import sharding as shard_lib
