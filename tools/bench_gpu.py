@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -82,7 +83,7 @@ def _flops(compiled):
   try:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
+    return float((cost or {}).get("flops", float("nan")))
   except Exception:  # some backends have no cost analysis
     return float("nan")
 
@@ -114,8 +115,12 @@ def jax_train_step(name, batch, dtype, kernels, smoke):
   x = jnp.asarray(rng.standard_normal((batch, res, res, 3), dtype=np.float32))
   y = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
   tx = optax.sgd(0.01, momentum=0.9)
-  v = jax.jit(model.init)(jax.random.key(0), x[:1])
-  variables = {k: v[k] for k in ("params", "batch_stats") if k in v}
+  # Initialize on the host: on a GPU, jitting init would autotune every forward convolution
+  # (minutes for densenet121) for a function that runs once.
+  with jax.default_device(jax.devices("cpu")[0]):
+    v = jax.jit(model.init)(jax.random.key(0), np.asarray(x[:1]))
+  variables = jax.device_put({k: v[k] for k in ("params", "batch_stats") if k in v},
+                             jax.devices()[0])
 
   def step(variables, opt_state, x, y):
     def loss_fn(p):
@@ -127,13 +132,20 @@ def jax_train_step(name, batch, dtype, kernels, smoke):
     return {"params": optax.apply_updates(variables["params"], updates), **new}, opt_state
 
   opt_state = tx.init(variables["params"])
-  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(variables, opt_state, x, y).compile()
+  jitted = jax.jit(step, donate_argnums=(0, 1))
+  lowered = jitted.lower(variables, opt_state, x, y)
+  flops = _flops(lowered)
+  if not np.isfinite(flops):  # jax 0.11.2 on the H100 gave none for the GPU lowering
+    flops = _flops(jitted.trace(variables, opt_state, x, y).lower(lowering_platforms=("cpu",)))
+  compiled = lowered.compile()
   carry = [variables, opt_state]
 
   def run():
     carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
     return carry[0]
-  return run, _flops(compiled)
+  # FLOPs from the lowered (backend-independent) HLO: the compiled GPU executable's cost
+  # analysis counts cuDNN convolutions (custom calls) as zero.
+  return run, flops
 
 
 def _kernel_applies(name):
@@ -142,7 +154,12 @@ def _kernel_applies(name):
 
 # ---- 3. timm / PyTorch ----------------------------------------------------------------------
 
-def torch_rows(names, batch_for, repeats, steps, smoke):
+TORCH_CONFIGS = {"eager_f32": ("eager f32", False, False, False),
+                 "eager_bf16": ("eager bf16 autocast channels_last", True, True, False),
+                 "compile_bf16": ("compile bf16 autocast channels_last", True, True, True)}
+
+
+def torch_rows(names, batch_for, repeats, steps, smoke, which=tuple(TORCH_CONFIGS)):
   try:
     import timm
     import torch
@@ -150,10 +167,8 @@ def torch_rows(names, batch_for, repeats, steps, smoke):
     return [dict(section="torch", name="-", config="skipped: torch/timm not importable")]
   device = "cuda" if torch.cuda.is_available() else "cpu"
   rows = []
-  configs = [("eager f32", False, False, False), ("eager bf16 autocast channels_last", True,
-                                                   True, False)]
-  if device == "cuda" or not smoke:
-    configs.append(("compile bf16 autocast channels_last", True, True, True))
+  configs = [TORCH_CONFIGS[c] for c in which
+             if c != "compile_bf16" or device == "cuda" or not smoke]
   for name in names:
     for label, bf16, channels_last, compiled in configs:
       if smoke:
@@ -189,6 +204,7 @@ def torch_rows(names, batch_for, repeats, steps, smoke):
       if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
       run()
+      _wait_for(os.environ.get("BENCH_TORCH_WAIT"))
       times = []
       for _ in range(repeats):
         if device == "cuda":
@@ -202,8 +218,18 @@ def torch_rows(names, batch_for, repeats, steps, smoke):
       t = statistics.median(times)
       peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
       rows.append(dict(section="torch", name=name, config=label, images_per_s=b / t,
-                       peak_mib=None if peak is None else peak / 2 ** 20))
+                       ms=1e3 * t, peak_mib=None if peak is None else peak / 2 ** 20))
+      print(f"  done: torch {name} {label} {b / t:.1f} img/s", file=sys.stderr, flush=True)
+  if os.environ.get("BENCH_TORCH_DONE"):
+    Path(os.environ["BENCH_TORCH_DONE"]).touch()
   return rows
+
+
+def _wait_for(path):
+  """Block until `path` exists (BENCH_TORCH_WAIT): lets torch compile while another process
+  times, and time only once that process has finished."""
+  while path and not os.path.exists(path):
+    time.sleep(0.5)
 
 
 # ---- 4. kernel microbenchmarks ------------------------------------------------------------
@@ -302,6 +328,8 @@ def main(argv=None):
   parser.add_argument("--models", nargs="+", default=list(MODELS))
   parser.add_argument("--configs", nargs="+",
                       default=["f32", "bf16", "f32+kernels", "bf16+kernels"])
+  parser.add_argument("--torch-configs", nargs="+", default=list(TORCH_CONFIGS),
+                      choices=list(TORCH_CONFIGS))
   parser.add_argument("--batch", type=int, default=64, help="224x224 models")
   parser.add_argument("--cifar-batch", type=int, default=256, help="32x32 models")
   parser.add_argument("--repeats", type=int, default=5)
@@ -337,17 +365,24 @@ def main(argv=None):
                          images_per_s=b / t, ms=1e3 * t,
                          peak_mib=None if mem is None else mem / 2 ** 20,
                          mfu=flops / t / peak, vs_base=base[dtype] / t))
-        print(f"  done: {name} {cfg} {b / t:.1f} img/s", file=sys.stderr, flush=True)
+        print(f"  done: {name} {cfg} {b / t:.1f} img/s, {1e3 * t:.2f} ms, "
+              f"MFU {flops / t / peak:.1%}", file=sys.stderr, flush=True)
+        _write_json(args.json, peak, rows)  # after every row: a timeout keeps what ran
   if "torch" not in args.skip:
-    rows += torch_rows(args.models, batch_for, args.repeats, args.steps, args.smoke)
+    rows += torch_rows(args.models, batch_for, args.repeats, args.steps, args.smoke,
+                       args.torch_configs)
   if "kernels" not in args.skip:
     rows += kernel_rows(args.repeats, args.steps, args.smoke)
   print_table(rows, peak)
-  if args.json:
-    args.json.write_text(json.dumps(dict(backend=jax.default_backend(),
-                                         device=jax.devices()[0].device_kind,
-                                         bf16_matmul_peak_flops=peak, rows=rows), indent=1))
+  _write_json(args.json, peak, rows)
   return rows
+
+
+def _write_json(path, peak, rows):
+  if path:
+    path.write_text(json.dumps(dict(backend=jax.default_backend(),
+                                    device=jax.devices()[0].device_kind,
+                                    bf16_matmul_peak_flops=peak, rows=rows), indent=1))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,11 @@ body): it targets Pallas TPU (Mosaic) and runs in interpret mode on CPU (the tes
 it is lowered through Pallas' Triton backend (Mosaic GPU, which JAX recommends on Hopper,
 has no array-level dot: it needs a wgmma kernel on shared-memory refs, future work). Checked
 without a device: `jax.export` lowers the kernel for "tpu" (Mosaic) and for "cuda" (Triton
-IR); neither was compiled or timed on a real accelerator in the development session.
+IR). Run on an H100 (jax 0.11.2, tools/gpu_check.py and tools/bench_gpu.py): the Triton
+lowering is correct but computes float32 dots in tf32 (min distances within 1.3e-4 of
+float64, XLA's default GPU precision does the same) and is 2.8x slower than XLA forward +
+backward on ProtoPNet's shapes, so "auto" keeps XLA on GPU; a Mosaic GPU kernel remains to
+be written. Not yet run on a TPU.
 """
 
 from __future__ import annotations
@@ -268,15 +272,17 @@ def prototype_min_distance(z, p, *, metric: Metric = "l2", impl: str = "auto",
     z: [N, HW, D] features (spatial positions flattened row-major).
     p: [P, D] prototypes.
     metric: "l2" (squared Euclidean, clamped at 0) or "dot" (minus the inner product).
-    impl: "pallas" (the kernel), "xla" (the reference) or "auto": the kernel on TPU and GPU,
-      the reference elsewhere (CPU), unless `interpret` asks for the kernel in interpret mode.
+    impl: "pallas" (the kernel), "xla" (the reference) or "auto": the kernel on TPU, the
+      reference on CPU and GPU (on an H100 the Triton-lowered kernel took 1.60 ms forward +
+      backward against XLA's 0.58 ms, BENCHMARKS.md), unless `interpret` asks for the kernel
+      in interpret mode.
   Returns:
     (min_distance [N, P] float32, argmin [N, P] int32 index into HW).
   """
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
   if impl == "auto":
-    impl = "pallas" if (interpret or jax.default_backend() in ("tpu", "gpu")) else "xla"
+    impl = "pallas" if (interpret or jax.default_backend() == "tpu") else "xla"
   if impl == "xla":
     return prototype_min_distance_reference(z, p, metric=metric)
   return prototype_min_distance_kernel(z, p, metric=metric, interpret=interpret)
