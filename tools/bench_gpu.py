@@ -281,6 +281,9 @@ def kernel_rows(repeats, steps, smoke):
     return lambda: g(z, pr)
   timed("prototype_min_distance fwd+bwd", f"{n}x{hw}x128, P={p} f32",
         [(i, pd_fn(i)) for i in ("xla", "pallas")])
+  z, pr = z.astype(jnp.bfloat16), pr.astype(jnp.bfloat16)  # the Mosaic GPU kernel: bf16
+  timed("prototype_min_distance fwd+bwd", f"{n}x{hw}x128, P={p} bf16",
+        [(i, pd_fn(i)) for i in ("xla", "mosaic_gpu")])
 
   # PFN context attention: 64 datasets of 1024 rows (smoke: 2 of 16), 4 heads of 64.
   b, t, h, d = (2, 16, 2, 16) if smoke else (64, 1024, 4, 64)

@@ -80,7 +80,11 @@ def check_prototype(impl, interpret, rng, tol):
   for n, hw, p_num, d, metric, dtype in ((8, 49, 200, 128, "l2", jnp.float32),
                                          (80, 196, 2000, 128, "l2", jnp.float32),
                                          (16, 196, 500, 64, "dot", jnp.float32),
-                                         (16, 49, 300, 128, "l2", jnp.bfloat16)):
+                                         (16, 49, 300, 128, "l2", jnp.bfloat16),
+                                         (80, 196, 2000, 128, "l2", jnp.bfloat16),
+                                         (16, 196, 500, 64, "dot", jnp.bfloat16)):
+    if impl == "mosaic_gpu" and dtype != jnp.bfloat16:
+      continue  # wgmma operands: bf16/f16 only
     z = jnp.asarray(rng.uniform(0, 1, (n, hw, d)), dtype)
     p = jnp.asarray(rng.uniform(0, 1, (p_num, d)), dtype)
     g = jnp.asarray(rng.standard_normal((n, p_num)), jnp.float32)
@@ -153,7 +157,8 @@ def main(argv=None):
                                                         else []))]
   if "prototype" in args.kernels:
     from jaxdl.kernels import prototype_distance as pd
-    plan += [(check_prototype, i, 1e-3) for i in pd.IMPLS if i not in ("auto", "xla")]
+    plan += [(check_prototype, i, 1e-3) for i in
+             (["pallas", "mosaic_gpu"] if gpu or args.interpret else ["pallas"])]
   if "attention" in args.kernels:
     plan += [(check_attention, i, 2e-2) for i in (["dpa", "pallas"] if gpu else ["pallas"])]
   failed = 0

@@ -29,8 +29,15 @@ without a device: `jax.export` lowers the kernel for "tpu" (Mosaic) and for "cud
 IR). Run on an H100 (jax 0.11.2, tools/gpu_check.py and tools/bench_gpu.py): the Triton
 lowering is correct but computes float32 dots in tf32 (min distances within 1.3e-4 of
 float64, XLA's default GPU precision does the same) and is 2.8x slower than XLA forward +
-backward on ProtoPNet's shapes, so "auto" keeps XLA on GPU; a Mosaic GPU kernel remains to
-be written. Not yet run on a TPU.
+backward on ProtoPNet's shapes, so "auto" keeps XLA on GPU. Not yet run on a TPU.
+
+Mosaic GPU (Hopper; `impl="mosaic_gpu"`, `_mosaic_gpu_call`): TMA copies of z[n] and a p^T
+tile to swizzled SMEM, `wgmma` per 64-row chunk into a float32 register accumulator, the
+distance, the min and the first position attaining it computed in registers (cross-warp
+reductions), [block_p] results per program. bf16/f16 only. Tested on CPU in Mosaic GPU
+interpret mode against float64, CUDA lowering checked by `jax.export`; written after the
+H100 session, so neither compiled by ptxas nor timed on a GPU yet (`tools/gpu_check.py`,
+`tools/bench_gpu.py` run both first).
 """
 
 from __future__ import annotations
@@ -122,6 +129,110 @@ def _min_distance_kernel(z_ref, p_ref, dist_ref, idx_ref, *, metric: str, hw: in
   idx_ref[...] = idx.astype(jnp.int32)
 
 
+def _mosaic_gpu_call(z, p, *, metric: str, block_p: int, interpret: bool):
+  """Mosaic GPU (Hopper) kernel: (min [N, P] f32, argmin [N, P] int32) for bf16/f16 z, p.
+
+  Grid (image n, prototype tile j). One `emit_pipeline` step copies z[n] ([HWp, D], HW
+  padded to a multiple of 64) and the [D, block_p] tile of p^T to swizzled SMEM with TMA.
+  For each 64-row chunk, `wgmma` computes the [64, block_p] inner products into a float32
+  register accumulator; the distance d = rowbias - 2 s + colbias (l2: rowbias = ||z||^2,
+  colbias = ||p||^2; dot: d = -s + rowbias with rowbias = 0) is formed in registers, where
+  padded rows carry rowbias = +inf so they never win. A running min over chunks and the
+  first row attaining it (compare with the chunk min, then a min over the row indices, kept
+  as float32) leave the chip: [block_p] minima and positions per program, never the
+  [HW, P] map. relu for "l2" is applied to the min (relu is monotone).
+  """
+  from jax.experimental.pallas import mosaic_gpu as plgpu
+  from jaxdl.kernels import _mosaic_gpu as mgpu
+  n, hw, d = z.shape
+  num_p = p.shape[0]
+  tm, tp = 64, block_p
+  hwp, p_pad = _round_up(hw, tm), _round_up(num_p, tp)
+  dt = z.dtype
+  z32 = z.astype(jnp.float32)
+  if metric == "l2":
+    rowbias = jnp.sum(z32 * z32, axis=-1)
+    colbias = jnp.sum(jnp.square(p.astype(jnp.float32)), axis=-1)
+  else:
+    rowbias = jnp.zeros((n, hw), jnp.float32)
+    colbias = jnp.zeros((num_p,), jnp.float32)
+  rowbias = jnp.pad(rowbias, ((0, 0), (0, hwp - hw)), constant_values=jnp.inf).reshape(-1)
+  colbias = jnp.pad(colbias, (0, p_pad - num_p))
+  zf = jnp.pad(z, ((0, 0), (0, hwp - hw), (0, 0))).reshape(n * hwp, d)
+  pt = jnp.pad(p.astype(dt), ((0, p_pad - num_p), (0, 0))).T  # [D, P_pad]: wgmma's B
+  rows = jnp.arange(hwp, dtype=jnp.float32)
+  wgmma = plgpu.Layout.WGMMA
+  transforms = mgpu.swizzle_transforms((d, tp), dt)
+
+  def kernel(z_g, pt_g, rb_g, cb_g, rows_g, dist_g, idx_g, o_smem, i_smem):
+    pid_n = jax.lax.axis_index("n")
+    pid_p = jax.lax.axis_index("p")
+
+    def body(_, z_smem, pt_smem, rb_smem, cb_smem, rows_smem):
+      cb = mgpu.layout_cast(cb_smem[...], wgmma.reduce(0), interpret)
+      best = best_idx = None
+      for c in range(hwp // tm):
+        def chunk_dot(acc, c=c):
+          plgpu.wgmma(acc, z_smem.at[pl.ds(c * tm, tm)], pt_smem)
+          plgpu.wgmma_wait(0)
+          return acc[...]
+        s = pl.run_scoped(chunk_dot, plgpu.ACC((tm, tp), jnp.float32))
+        rb = mgpu.layout_cast(rb_smem[pl.ds(c * tm, tm)], wgmma.reduce(1), interpret)
+        r = mgpu.layout_cast(rows_smem[pl.ds(c * tm, tm)], wgmma.reduce(1), interpret)
+        dist = jax.lax.broadcast_in_dim(rb, s.shape, [0]) - 2.0 * s if metric == "l2" else (
+            jax.lax.broadcast_in_dim(rb, s.shape, [0]) - s)
+        if metric == "l2":
+          dist = dist + jax.lax.broadcast_in_dim(cb, s.shape, [1])
+        m = jnp.min(dist, axis=0)
+        hit = dist == jax.lax.broadcast_in_dim(m, s.shape, [1])
+        a = jnp.min(jnp.where(hit, jax.lax.broadcast_in_dim(r, s.shape, [0]),
+                              jnp.float32(hwp)), axis=0)
+        if best is None:
+          best, best_idx = m, a
+        else:  # strict <: an earlier chunk keeps ties (argmin's first-position rule)
+          better = m < best
+          best_idx = jnp.where(better, a, best_idx)
+          best = jnp.where(better, m, best)
+      o_smem[...] = jnp.maximum(best, 0.0) if metric == "l2" else best
+      i_smem[...] = best_idx
+      plgpu.commit_smem()
+      out = pl.ds(pid_n * p_pad + pid_p * tp, tp)
+      plgpu.copy_smem_to_gmem(o_smem, dist_g.at[out])
+      plgpu.copy_smem_to_gmem(i_smem, idx_g.at[out])
+      plgpu.wait_smem_to_gmem(0)
+
+    plgpu.emit_pipeline(
+        body, grid=(1,),
+        in_specs=[
+            plgpu.BlockSpec((hwp, d), lambda k: (pid_n, 0), transforms=transforms),
+            plgpu.BlockSpec((d, tp), lambda k: (0, pid_p), transforms=transforms),
+            plgpu.BlockSpec((hwp,), lambda k: (pid_n,)),
+            plgpu.BlockSpec((tp,), lambda k: (pid_p,)),
+            plgpu.BlockSpec((hwp,), lambda k: (0,)),
+        ],
+    )(z_g, pt_g, rb_g, cb_g, rows_g)
+
+  call = plgpu.kernel(
+      kernel,
+      out_type=(jax.ShapeDtypeStruct((n * p_pad,), jnp.float32),
+                jax.ShapeDtypeStruct((n * p_pad,), jnp.float32)),
+      scratch_types=dict(o_smem=plgpu.SMEM((tp,), jnp.float32),
+                         i_smem=plgpu.SMEM((tp,), jnp.float32)),
+      grid=(n, p_pad // tp), grid_names=("n", "p"),
+      interpret=mgpu.interpret_params() if interpret else None,
+  )
+  dist, idx = call(zf, pt, rowbias, colbias, rows)
+  dist = dist.reshape(n, p_pad)[:, :num_p]
+  idx = idx.reshape(n, p_pad)[:, :num_p].astype(jnp.int32)
+  return dist, idx
+
+
+def mosaic_gpu_supported(z_shape, p_shape, dtype) -> bool:
+  """Whether the Mosaic GPU kernel takes these shapes (else the dispatcher uses XLA)."""
+  return (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+          and z_shape[-1] % 64 == 0 and z_shape[-1] <= 256)
+
+
 # ----------------------------------------------------------------------------- wrapper
 
 
@@ -208,15 +319,25 @@ def _backward(metric, z, p, dist, idx, g):
   return dz.astype(z.dtype), dp.astype(p.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _min_distance_with_grad(z, p, metric, block_sizes, interpret):
+def _kernel_forward(z, p, metric, block_sizes, interpret):
+  if block_sizes == "mosaic_gpu":
+    return _mosaic_gpu_forward(z, p, metric=metric, interpret=interpret)
   return prototype_min_distance_pallas(z, p, metric=metric, block_sizes=block_sizes,
                                        interpret=interpret)
 
 
+@functools.partial(jax.jit, static_argnames=("metric", "interpret"))
+def _mosaic_gpu_forward(z, p, *, metric, interpret):
+  return _mosaic_gpu_call(z, p, metric=metric, block_p=128, interpret=interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _min_distance_with_grad(z, p, metric, block_sizes, interpret):
+  return _kernel_forward(z, p, metric, block_sizes, interpret)
+
+
 def _fwd(z, p, metric, block_sizes, interpret):
-  dist, idx = prototype_min_distance_pallas(z, p, metric=metric, block_sizes=block_sizes,
-                                            interpret=interpret)
+  dist, idx = _kernel_forward(z, p, metric, block_sizes, interpret)
   return (dist, idx), (z, p, dist, idx)
 
 
@@ -261,7 +382,7 @@ def prototype_min_distance_reference(z, p, *, metric: Metric = "l2"):
 
 # ----------------------------------------------------------------------------- dispatcher
 
-IMPLS = ("auto", "pallas", "xla")
+IMPLS = ("auto", "pallas", "mosaic_gpu", "xla")
 
 
 def prototype_min_distance(z, p, *, metric: Metric = "l2", impl: str = "auto",
@@ -272,7 +393,9 @@ def prototype_min_distance(z, p, *, metric: Metric = "l2", impl: str = "auto",
     z: [N, HW, D] features (spatial positions flattened row-major).
     p: [P, D] prototypes.
     metric: "l2" (squared Euclidean, clamped at 0) or "dot" (minus the inner product).
-    impl: "pallas" (the kernel), "xla" (the reference) or "auto": the kernel on TPU, the
+    impl: "pallas" (the portable kernel), "mosaic_gpu" (the Hopper kernel: bf16/f16 inputs,
+      D a multiple of 64 up to 256; `interpret=True` runs it in Mosaic GPU interpret mode on
+      CPU; not yet timed on a GPU), "xla" (the reference) or "auto": the portable kernel on TPU, the
       reference on CPU and GPU (on an H100 the Triton-lowered kernel took 1.60 ms forward +
       backward against XLA's 0.58 ms, BENCHMARKS.md), unless `interpret` asks for the kernel
       in interpret mode.
@@ -285,6 +408,14 @@ def prototype_min_distance(z, p, *, metric: Metric = "l2", impl: str = "auto",
     impl = "pallas" if (interpret or jax.default_backend() == "tpu") else "xla"
   if impl == "xla":
     return prototype_min_distance_reference(z, p, metric=metric)
+  if impl == "mosaic_gpu":
+    _check_inputs(z, p, metric)
+    if z.dtype != p.dtype or not mosaic_gpu_supported(z.shape, p.shape, z.dtype):
+      raise ValueError(
+          f"the Mosaic GPU prototype kernel needs bf16/f16 features and prototypes of one "
+          f"dtype and a prototype dim that is a multiple of 64 (<= 256); got {z.dtype} / "
+          f"{p.dtype}, dim {z.shape[-1]}; use impl='xla'")
+    return _min_distance_with_grad(z, p, metric, "mosaic_gpu", interpret)
   return prototype_min_distance_kernel(z, p, metric=metric, interpret=interpret)
 
 

@@ -125,3 +125,63 @@ def test_kernel_lowers_for_accelerators(platform, monkeypatch):
   exp = export.export(f, platforms=(platform,),
                       disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(z, p)
   assert target in exp.mlir_module()
+
+
+# ---- Mosaic GPU (Hopper) kernel: Mosaic GPU interpret mode on CPU, CUDA lowering by export
+
+U_BF16 = 2.0 ** -8
+
+
+@pytest.mark.parametrize("metric", ["l2", "dot"])
+def test_mosaic_gpu_kernel_in_interpret_mode(metric):
+  # 70 positions (two 64-row chunks, the second padded) and 130 prototypes (two 128-wide
+  # tiles, the second padded): padding must never win, and chunk 2 must be able to win.
+  rng = np.random.default_rng(7 if metric == "l2" else 8)
+  n, hw, d, num_p = 2, 70, 64, 130
+  z = jnp.asarray(rng.uniform(0, 1, (n, hw, d)), jnp.bfloat16)
+  p = jnp.asarray(rng.uniform(0, 1, (num_p, d)), jnp.bfloat16)
+  g = jnp.asarray(rng.standard_normal((n, num_p)), jnp.float32)
+  (dist, arg), vjp = jax.vjp(
+      lambda z, p: pd.prototype_min_distance(z, p, metric=metric, impl="mosaic_gpu",
+                                             interpret=True), z, p)
+  zz, pp = np.asarray(z, np.float64), np.asarray(p, np.float64)
+  if metric == "l2":
+    dmap = ((zz[:, :, None, :] - pp[None, None]) ** 2).sum(-1)
+  else:
+    dmap = -np.einsum("nhd,jd->nhj", zz, pp)
+  want = dmap.min(1)
+  # Products of bf16 values are exact in float32; the sums of d = 64 terms round in float32.
+  scale = np.abs(dmap).max() + (zz ** 2).sum(-1).max() + (pp ** 2).sum(-1).max()
+  np.testing.assert_allclose(np.asarray(dist, np.float64), want, atol=64 * 2.0 ** -24 * scale)
+  arg = np.asarray(arg)
+  assert arg.min() >= 0 and arg.max() < hw
+  assert (arg >= 64).any()  # the second chunk wins somewhere
+  picked = np.take_along_axis(dmap, arg[:, None, :], axis=1)[:, 0]
+  np.testing.assert_allclose(picked, want, atol=64 * 2.0 ** -24 * scale)
+  # Gradient: that of the distance at the chosen position, in float64.
+  dz, dp = vjp((g, np.zeros(arg.shape, jax.dtypes.float0)))
+  gg = np.asarray(g, np.float64)
+  zsel = np.take_along_axis(zz, arg[..., None], axis=1)  # [n, P, d]
+  if metric == "l2":
+    want_dp = 2 * (gg.sum(0)[:, None] * pp - np.einsum("nj,njd->jd", gg, zsel))
+  else:
+    want_dp = -np.einsum("nj,njd->jd", gg, zsel)
+  want_dz = np.zeros_like(zz)
+  for i in range(n):
+    for j in range(num_p):
+      h = arg[i, j]
+      want_dz[i, h] += gg[i, j] * (2 * (zz[i, h] - pp[j]) if metric == "l2" else -pp[j])
+  for got, ref in ((dp, want_dp), (dz, want_dz)):
+    err = np.abs(np.asarray(got, np.float64) - ref).max()
+    assert err <= 4 * U_BF16 * np.abs(ref).max(), err  # cotangents are returned in bf16
+
+
+def test_mosaic_gpu_kernel_lowers_for_cuda_and_rejects_float32():
+  z = jnp.ones((2, 49, 128), jnp.bfloat16)
+  p = jnp.ones((200, 128), jnp.bfloat16)
+  fn = jax.jit(jax.grad(lambda z, p: pd.prototype_min_distance(
+      z, p, impl="mosaic_gpu")[0].sum(), argnums=(0, 1)))
+  assert "mosaic_gpu" in jax.export.export(fn, platforms=["cuda"])(z, p).mlir_module().lower()
+  with pytest.raises(ValueError, match="use impl='xla'"):
+    pd.prototype_min_distance(z.astype(jnp.float32), p.astype(jnp.float32),
+                              impl="mosaic_gpu", interpret=True)
