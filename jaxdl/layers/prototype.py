@@ -78,6 +78,8 @@ def min_distances(z, p, *, metric: str = "l2", impl: str = "auto", interpret: bo
   """
   n, h, w, d = z.shape
   zk, pk, kmetric = _kernel_inputs(z, p, metric)
+  if impl == "mosaic_gpu":  # wgmma takes one 16-bit dtype: prototypes follow the features
+    pk = pk.astype(zk.dtype)
   return prototype_min_distance(zk.reshape(n, h * w, d), pk, metric=kmetric, impl=impl,
                                 interpret=interpret)
 
@@ -97,7 +99,8 @@ class PrototypeLayer(nn.Module):
     num_prototypes: P.
     prototype_dim: D, the channels of the feature map it is applied to.
     metric: "l2", "cosine" or "projection" (see `min_distances`).
-    impl: kernel choice for `prototype_min_distance` ("auto", "pallas", "xla").
+    impl: kernel choice for `prototype_min_distance` ("auto", "pallas", "mosaic_gpu" for
+      bf16 features on Hopper, "xla").
     interpret: run the Pallas kernel in interpret mode (CPU tests).
   """
   num_prototypes: int
