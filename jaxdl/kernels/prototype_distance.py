@@ -149,9 +149,8 @@ def _mosaic_gpu_call(z, p, *, metric: str, block_p: int, interpret: bool):
   tm, tp = 64, block_p
   hwp, p_pad = _round_up(hw, tm), _round_up(num_p, tp)
   dt = z.dtype
-  z32 = z.astype(jnp.float32)
   if metric == "l2":
-    rowbias = jnp.sum(z32 * z32, axis=-1)
+    rowbias = jnp.sum(jnp.square(z.astype(jnp.float32)), axis=-1)
     colbias = jnp.sum(jnp.square(p.astype(jnp.float32)), axis=-1)
   else:
     rowbias = jnp.zeros((n, hw), jnp.float32)
@@ -179,10 +178,11 @@ def _mosaic_gpu_call(z, p, *, metric: str, block_p: int, interpret: bool):
         s = pl.run_scoped(chunk_dot, plgpu.ACC((tm, tp), jnp.float32))
         rb = mgpu.layout_cast(rb_smem[pl.ds(c * tm, tm)], wgmma.reduce(1), interpret)
         r = mgpu.layout_cast(rows_smem[pl.ds(c * tm, tm)], wgmma.reduce(1), interpret)
-        dist = jax.lax.broadcast_in_dim(rb, s.shape, [0]) - 2.0 * s if metric == "l2" else (
-            jax.lax.broadcast_in_dim(rb, s.shape, [0]) - s)
+        dist = jax.lax.broadcast_in_dim(rb, s.shape, [0])
         if metric == "l2":
-          dist = dist + jax.lax.broadcast_in_dim(cb, s.shape, [1])
+          dist = dist - 2.0 * s + jax.lax.broadcast_in_dim(cb, s.shape, [1])
+        else:
+          dist = dist - s
         m = jnp.min(dist, axis=0)
         hit = dist == jax.lax.broadcast_in_dim(m, s.shape, [1])
         a = jnp.min(jnp.where(hit, jax.lax.broadcast_in_dim(r, s.shape, [0]),
@@ -227,7 +227,7 @@ def _mosaic_gpu_call(z, p, *, metric: str, block_p: int, interpret: bool):
   return dist, idx
 
 
-def mosaic_gpu_supported(z_shape, p_shape, dtype) -> bool:
+def mosaic_gpu_supported(z_shape, dtype) -> bool:
   """Whether the Mosaic GPU kernel takes these shapes (else the dispatcher uses XLA)."""
   return (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
           and z_shape[-1] % 64 == 0 and z_shape[-1] <= 256)
@@ -319,30 +319,30 @@ def _backward(metric, z, p, dist, idx, g):
   return dz.astype(z.dtype), dp.astype(p.dtype)
 
 
-def _kernel_forward(z, p, metric, block_sizes, interpret):
-  if block_sizes == "mosaic_gpu":
-    return _mosaic_gpu_forward(z, p, metric=metric, interpret=interpret)
-  return prototype_min_distance_pallas(z, p, metric=metric, block_sizes=block_sizes,
-                                       interpret=interpret)
-
-
 @functools.partial(jax.jit, static_argnames=("metric", "interpret"))
 def _mosaic_gpu_forward(z, p, *, metric, interpret):
   return _mosaic_gpu_call(z, p, metric=metric, block_p=128, interpret=interpret)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _min_distance_with_grad(z, p, metric, block_sizes, interpret):
-  return _kernel_forward(z, p, metric, block_sizes, interpret)
+def _kernel_forward(z, p, metric, backend, block_sizes, interpret):
+  if backend == "mosaic_gpu":
+    return _mosaic_gpu_forward(z, p, metric=metric, interpret=interpret)
+  return prototype_min_distance_pallas(z, p, metric=metric, block_sizes=block_sizes,
+                                       interpret=interpret)
 
 
-def _fwd(z, p, metric, block_sizes, interpret):
-  dist, idx = _kernel_forward(z, p, metric, block_sizes, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _min_distance_with_grad(z, p, metric, backend, block_sizes, interpret):
+  return _kernel_forward(z, p, metric, backend, block_sizes, interpret)
+
+
+def _fwd(z, p, metric, backend, block_sizes, interpret):
+  dist, idx = _kernel_forward(z, p, metric, backend, block_sizes, interpret)
   return (dist, idx), (z, p, dist, idx)
 
 
-def _bwd(metric, block_sizes, interpret, res, cts):
-  del block_sizes, interpret
+def _bwd(metric, backend, block_sizes, interpret, res, cts):
+  del backend, block_sizes, interpret  # one backward for both kernels (needs only argmin)
   z, p, dist, idx = res
   g, _ = cts  # the argmin output is integer-valued: its cotangent is ignored
   return _backward(metric, z, p, dist, idx, g)
@@ -356,7 +356,7 @@ def prototype_min_distance_kernel(z, p, *, metric: Metric = "l2",
                                   interpret: bool = False):
   """The Pallas kernel with its custom VJP: (min_distance [N, P], argmin [N, P])."""
   _check_inputs(z, p, metric)
-  return _min_distance_with_grad(z, p, metric, block_sizes, interpret)
+  return _min_distance_with_grad(z, p, metric, "pallas", block_sizes, interpret)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -410,12 +410,12 @@ def prototype_min_distance(z, p, *, metric: Metric = "l2", impl: str = "auto",
     return prototype_min_distance_reference(z, p, metric=metric)
   if impl == "mosaic_gpu":
     _check_inputs(z, p, metric)
-    if z.dtype != p.dtype or not mosaic_gpu_supported(z.shape, p.shape, z.dtype):
+    if z.dtype != p.dtype or not mosaic_gpu_supported(z.shape, z.dtype):
       raise ValueError(
           f"the Mosaic GPU prototype kernel needs bf16/f16 features and prototypes of one "
           f"dtype and a prototype dim that is a multiple of 64 (<= 256); got {z.dtype} / "
           f"{p.dtype}, dim {z.shape[-1]}; use impl='xla'")
-    return _min_distance_with_grad(z, p, metric, "mosaic_gpu", interpret)
+    return _min_distance_with_grad(z, p, metric, "mosaic_gpu", None, interpret)
   return prototype_min_distance_kernel(z, p, metric=metric, interpret=interpret)
 
 
