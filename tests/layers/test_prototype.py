@@ -51,3 +51,19 @@ def test_layer_rejects_wrong_channels():
   layer = pl.PrototypeLayer(num_prototypes=2, prototype_dim=3)
   with pytest.raises(errors.ShapeError, match="prototype_dim"):
     layer.init(jax.random.key(0), jnp.ones((1, 2, 2, 4)))
+
+
+def test_mosaic_gpu_impl_takes_bf16_features_with_float32_prototypes():
+  # Mixed precision: bf16 feature maps, float32 prototype parameters. The layer casts the
+  # prototypes to the features' dtype for the (bf16-only) Mosaic GPU kernel; run here in
+  # Mosaic GPU interpret mode and compared with XLA on the same bf16-rounded prototypes.
+  rng = np.random.default_rng(11)
+  z = jnp.asarray(rng.uniform(0, 1, (2, 3, 4, 64)), jnp.bfloat16)
+  p = jnp.asarray(rng.uniform(0, 1, (10, 64)), jnp.float32)
+  got_d, got_a = pl.min_distances(z, p, impl="mosaic_gpu", interpret=True)
+  want_d, want_a = pl.min_distances(z, p.astype(jnp.bfloat16), impl="xla")
+  np.testing.assert_allclose(np.asarray(got_d), np.asarray(want_d), rtol=1e-5, atol=1e-4)
+  np.testing.assert_array_equal(np.asarray(got_a), np.asarray(want_a))
+  grad = jax.grad(lambda p: pl.min_distances(z, p, impl="mosaic_gpu",
+                                             interpret=True)[0].sum())(p)
+  assert grad.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(grad)))
