@@ -25,6 +25,10 @@ Sections (all in one process, one table):
    min-pool (ProtoPNet, 14x14 maps, 2000 prototypes), PFN context attention (xla vs
    jax.nn.dot_product_attention/cuDNN vs the portable Pallas kernel).
 
+Environment: BENCH_TORCH_WAIT=<path> makes each PyTorch row wait, after its warm-up (and
+compilation), until that file exists before timing: torch.compile can then overlap another
+process's run on the same GPU without being timed beside it.
+
 Timing: one warm-up call (compile excluded), then `--repeats` timed calls of `--steps`
 steps each; medians. Configurations are timed in turns when several share a model, so load
 from other processes hits them alike. With --smoke everything is tiny, the kernels run in
@@ -134,8 +138,11 @@ def jax_train_step(name, batch, dtype, kernels, smoke):
   opt_state = tx.init(variables["params"])
   jitted = jax.jit(step, donate_argnums=(0, 1))
   lowered = jitted.lower(variables, opt_state, x, y)
+  # FLOPs from the lowered HLO, not the compiled executable: on GPU the latter counts cuDNN
+  # convolutions (custom calls) as zero. jax 0.11.2 on the H100 gave no cost analysis for the
+  # GPU lowering at all, so fall back to lowering the same step for the CPU.
   flops = _flops(lowered)
-  if not np.isfinite(flops):  # jax 0.11.2 on the H100 gave none for the GPU lowering
+  if not np.isfinite(flops):
     flops = _flops(jitted.trace(variables, opt_state, x, y).lower(lowering_platforms=("cpu",)))
   compiled = lowered.compile()
   carry = [variables, opt_state]
@@ -143,8 +150,6 @@ def jax_train_step(name, batch, dtype, kernels, smoke):
   def run():
     carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
     return carry[0]
-  # FLOPs from the lowered (backend-independent) HLO: the compiled GPU executable's cost
-  # analysis counts cuDNN convolutions (custom calls) as zero.
   return run, flops
 
 
@@ -220,14 +225,11 @@ def torch_rows(names, batch_for, repeats, steps, smoke, which=tuple(TORCH_CONFIG
       rows.append(dict(section="torch", name=name, config=label, images_per_s=b / t,
                        ms=1e3 * t, peak_mib=None if peak is None else peak / 2 ** 20))
       print(f"  done: torch {name} {label} {b / t:.1f} img/s", file=sys.stderr, flush=True)
-  if os.environ.get("BENCH_TORCH_DONE"):
-    Path(os.environ["BENCH_TORCH_DONE"]).touch()
   return rows
 
 
 def _wait_for(path):
-  """Block until `path` exists (BENCH_TORCH_WAIT): lets torch compile while another process
-  times, and time only once that process has finished."""
+  """Block until `path` exists (BENCH_TORCH_WAIT, see the module docstring)."""
   while path and not os.path.exists(path):
     time.sleep(0.5)
 
