@@ -146,6 +146,44 @@ def jax_fit_timer(s, iters):
   return first, timed
 
 
+def critic_step_flops(s):
+  """XLA's FLOP count of one critic step (objective + gradient penalty, value and gradient)
+  at the benchmark's shapes: the fit's dominant cost is critic_steps of these per outer
+  iteration (the scan's body is counted once by cost analysis, so it is lowered alone)."""
+  jax, jnp, config = s["jax"], s["jnp"], s["config"]
+  from jaxdl.inference import wasserstein
+  f = config.fit
+  n, m = f.num_functions, f.num_points
+  critic = wasserstein.Critic(f.critic_hidden)
+  f_nn = jnp.zeros((n, m, 1)) + 0.1
+  f_gp = jnp.ones((n, m, 1))
+  params = critic.init(jax.random.key(0), f_nn[:, :, 0])
+
+  def objective(p, key):
+    fn = lambda v: critic.apply(p, v)
+    return (-wasserstein.wasserstein_estimate(fn, f_nn, f_gp)
+            + f.penalty_coeff * wasserstein.gradient_penalty(fn, key, f_nn, f_gp, f.penalty))
+  lowered = jax.jit(jax.value_and_grad(objective)).lower(params, jax.random.key(1))
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"])
+
+
+def matmul_peak(size=2048, repeats=5):
+  """float32 FLOP/s of a jitted size^3 matmul, median of `repeats` (the CPU's usable peak)."""
+  import jax
+  import numpy as np
+  a = jax.numpy.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
+  mm = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(mm(a))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(mm(a))
+    times.append(time.perf_counter() - t)
+  return 2.0 * size ** 3 / statistics.median(times)
+
+
 def jax_sghmc(s):
   jax, jnp, T, config = s["jax"], s["jnp"], s["T"], s["config"]
   config.prior = "fixed_gaussian"
@@ -176,6 +214,10 @@ def main():
 
   import jax
   s = jax_setup(args)
+  flops = critic_step_flops(s) * s["config"].fit.critic_steps
+  peak = matmul_peak()
+  print(f"critic FLOPs per outer iteration {flops / 1e9:.1f} G; float32 2048^3 matmul "
+        f"{peak / 1e9:.1f} GFLOP/s", flush=True)
   first_fit, fit_chunk = jax_fit_timer(s, args.fit_iters)
   print(f"jax fit: compile + first {args.fit_iters} iterations {first_fit:.1f} s", flush=True)
   sghmc_first = jax_sghmc(s)
@@ -202,12 +244,16 @@ def main():
       "jax_sghmc_first_call_incl_compile_s": sghmc_first,
       "jax_fit_200_iters_s": med["jax_fit_per_iter"] * FULL_FIT_ITERS,
       "jax_sghmc_4x84000_steps_s": med["jax_sghmc_full"],
+      "critic_gflop_per_outer_iter": flops / 1e9,
+      "matmul_peak_gflops": peak / 1e9,
+      "jax_fit_fraction_of_peak": flops / med["jax_fit_per_iter"] / peak,
       "raw": res,
   }
   if "torch_fit_per_iter" in med:
     summary["torch_fit_200_iters_s"] = med["torch_fit_per_iter"] * FULL_FIT_ITERS
     summary["torch_sghmc_4x84000_steps_s"] = (med["torch_sghmc_per_step"] * FULL_SGHMC_STEPS
                                               * NUM_CHAINS)
+    summary["torch_fit_fraction_of_peak"] = flops / med["torch_fit_per_iter"] / peak
     summary["speedup_fit"] = summary["torch_fit_200_iters_s"] / summary["jax_fit_200_iters_s"]
     summary["speedup_sghmc"] = (summary["torch_sghmc_4x84000_steps_s"]
                                 / summary["jax_sghmc_4x84000_steps_s"])
