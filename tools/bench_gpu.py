@@ -144,13 +144,15 @@ def jax_train_step(name, batch, dtype, kernels, smoke):
   flops = _flops(lowered)
   if not np.isfinite(flops):
     flops = _flops(jitted.trace(variables, opt_state, x, y).lower(lowering_platforms=("cpu",)))
+  t0 = time.perf_counter()
   compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
   carry = [variables, opt_state]
 
   def run():
     carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
     return carry[0]
-  return run, flops
+  return run, flops, compile_s
 
 
 def _kernel_applies(name):
@@ -362,16 +364,18 @@ def main(argv=None):
         if kernels and not _kernel_applies(name):
           continue
         b = batch_for(name)
-        run, flops = jax_train_step(name, b, dtype, kernels, args.smoke)
+        run, flops, compile_s = jax_train_step(name, b, dtype, kernels, args.smoke)
         t = _median_time(run, args.repeats, args.steps)
         mem = _peak_bytes()
         base.setdefault(dtype, t)
         rows.append(dict(section="jaxdl", name=name, config=f"train {cfg} batch {b}",
                          images_per_s=b / t, ms=1e3 * t,
                          peak_mib=None if mem is None else mem / 2 ** 20,
-                         mfu=flops / t / peak, vs_base=base[dtype] / t))
+                         mfu=flops / t / peak, vs_base=base[dtype] / t,
+                         compile_s=compile_s, xla_flags=os.environ.get("XLA_FLAGS", "")))
         print(f"  done: {name} {cfg} {b / t:.1f} img/s, {1e3 * t:.2f} ms, "
-              f"MFU {flops / t / peak:.1%}", file=sys.stderr, flush=True)
+              f"MFU {flops / t / peak:.1%}, compile {compile_s:.0f} s", file=sys.stderr,
+              flush=True)
         _write_json(args.json, peak, rows)  # after every row: a timeout keeps what ran
   if "torch" not in args.skip:
     rows += torch_rows(args.models, batch_for, args.repeats, args.steps, args.smoke,
