@@ -4,8 +4,9 @@ r"""ProtoPNet on CIFAR-10 with a CIFAR ResNet backbone.
   python -m jaxdl.train --config configs/cifar10_protopnet.py:cpu --workdir /tmp/c10pp_cpu
 
 ProtoPNet's losses and schedule (configs/cub_protopnet_resnet34.py) on 32x32 CIFAR-10 images
-with standard crop+flip augmentation: 10 prototypes of dim 64 per class, batch 128, 5 warm-up
-epochs, joint epochs, pushes after epochs 10 and 20 each followed by 20 last-layer epochs.
+with standard crop+flip augmentation: 10 prototypes of dim 64 per class, batch 128, one
+warm-up epoch, joint epochs (backbone lr 1e-3: it is trained from scratch), pushes after
+epochs 10 and 20 each followed by 20 last-layer epochs.
 The backbone is `resnet20` (He et al. 2016, Sec. 4.2: an 8x8x64 last feature map for 32x32
 images; the ImageNet ResNets reduce 32x32 inputs to 1x1). `:cpu` is the short run of
 RESULTS.md (a random 5,000 training images, 2 epochs, one push); `:runlocal` a smoke run.
@@ -34,6 +35,12 @@ def get_config(arg=None):
   c.eval_batch_size = 500
   c.num_epochs = 21
   c.push_epochs = (10, 20)
+  # The backbone starts from scratch here (the CUB configs fine-tune an ImageNet ResNet at
+  # 1e-4): Adam's usual 1e-3 for it, one warm-up epoch (a frozen random backbone teaches the
+  # prototypes little) and the joint lr divided by 10 every 10 epochs instead of 5.
+  c.lr.features = 1e-3
+  c.warm_epochs = 1
+  c.joint_lr_step = 10
   if arg == "cpu":
     c.num_train_examples = 5000
     c.num_epochs, c.warm_epochs, c.push_epochs, c.last_layer_epochs = 2, 1, (1,), 3
