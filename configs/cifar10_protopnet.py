@@ -43,7 +43,7 @@ def get_config(arg=None):
   c.joint_lr_step = 10
   if arg == "cpu":
     c.num_train_examples = 5000
-    c.num_epochs, c.warm_epochs, c.push_epochs, c.last_layer_epochs = 2, 1, (1,), 3
+    c.num_epochs, c.push_epochs, c.last_layer_epochs = 2, (1,), 3
     c.log_every_steps = 20
   if arg == "runlocal" or arg == "cnn":
     c.model.backbone = "cnn"
