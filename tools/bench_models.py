@@ -100,13 +100,14 @@ class TorchWorker:
 
 # ---- jaxdl side ----------------------------------------------------------------------------
 
-def jax_runner(name, mode, batch):
+def jax_runner(name, mode, batch, conv="auto"):
   import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
 
   import jaxdl.models as models
+  from jaxdl.layers.conv import conv_impl
   model = models.create(name)
   res = RES.get(name, 224)
   rng = np.random.default_rng(0)
@@ -130,15 +131,18 @@ def jax_runner(name, mode, batch):
       updates, opt_state = tx.update(grads, opt_state, variables["params"])
       return {"params": optax.apply_updates(variables["params"], updates), **new}, opt_state
 
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-        variables, tx.init(variables["params"]), x, y).compile()
+    with conv_impl(conv):
+      compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+          variables, tx.init(variables["params"]), x, y).compile()
     carry = [variables, tx.init(variables["params"])]
 
     def run():
       carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
       jax.block_until_ready(carry[0])
   else:
-    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
+    with conv_impl(conv):
+      compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+          variables, x).compile()
 
     def run():
       compiled(variables, x).block_until_ready()
@@ -157,6 +161,9 @@ def main(argv=None):
   parser.add_argument("--infer-batch", type=int, default=16, help="224x224 models")
   parser.add_argument("--cifar-batch", type=int, default=64, help="32x32 models, both modes")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--with-xla-conv", action="store_true",
+                      help="also time jaxdl with every convolution left to XLA "
+                           "(conv_impl('xla'): no CPU matmul formulations), in the same rotation")
   parser.add_argument("--torch-python", default="/work/torchvenv/bin/python")
   parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -168,24 +175,36 @@ def main(argv=None):
   worker = TorchWorker(args.torch_python)
   print(f"jax {jax.__version__} ({jax.default_backend()}) vs timm in {args.torch_python}; "
         f"{os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f} at start")
-  print("\n| model | mode | batch | jaxdl img/s | timm img/s | jaxdl / timm | jaxdl compile (s) |")
-  print("|---|---|---|---|---|---|---|")
+  extra = (" jaxdl xla-conv img/s | jaxdl / xla-conv |", "---|---|") if args.with_xla_conv \
+      else ("", "")
+  print("\n| model | mode | batch | jaxdl img/s | timm img/s | jaxdl / timm | jaxdl compile (s) |"
+        + extra[0])
+  print("|---|---|---|---|---|---|---|" + extra[1])
   for name in args.models:
     for mode in args.modes:
       batch = args.cifar_batch if name in RES else (
           args.train_batch if mode == "train" else args.infer_batch)
       run, info = jax_runner(name, mode, batch)
+      run_xla = jax_runner(name, mode, batch, conv="xla")[0] if args.with_xla_conv else None
       tinfo = worker.call(model=name, mode=mode, batch=batch)
       assert info["params"] == tinfo["params"], (name, info["params"], tinfo["params"])
-      jt, tt = [], []
+      jt, tt, xt = [], [], []
       for _ in range(args.repeats):
         t0 = time.perf_counter()
         run()
         jt.append(time.perf_counter() - t0)
         tt.append(worker.call(model=name, mode=mode, batch=batch)["s"])
+        if run_xla is not None:
+          t0 = time.perf_counter()
+          run_xla()
+          xt.append(time.perf_counter() - t0)
       j, t = batch / float(np.median(jt)), batch / float(np.median(tt))
-      print(f"| {name} | {mode} | {batch} | {j:.1f} | {t:.1f} | {j / t:.2f}x | "
-            f"{info['compile_s']:.0f} |", flush=True)
+      row = (f"| {name} | {mode} | {batch} | {j:.1f} | {t:.1f} | {j / t:.2f}x | "
+             f"{info['compile_s']:.0f} |")
+      if xt:
+        xl = batch / float(np.median(xt))
+        row += f" {xl:.1f} | {j / xl:.2f}x |"
+      print(row, flush=True)
   worker.close()
   print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 

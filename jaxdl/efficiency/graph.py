@@ -33,6 +33,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from jaxdl import errors
+from jaxdl.layers.conv import conv_impl
 
 SPATIAL_AXES = (1, 2)
 # Top-level block modules: timm MobileNet/EfficientNet `blocks_{stage}_{i}`, timm ResNet
@@ -187,8 +188,10 @@ def trace(model, variables, input_shape: Sequence[int], dtype=jnp.float32) -> Gr
   def fn(leaves, x):
     return model.apply(jax.tree.unflatten(treedef, leaves), x, train=False)
 
-  closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(
-      structs, jax.ShapeDtypeStruct(input_shape, dtype))
+  # The graph is read in terms of convolutions: trace without the CPU matmul formulations.
+  with conv_impl("xla"):
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(
+        structs, jax.ShapeDtypeStruct(input_shape, dtype))
   jaxpr = closed.jaxpr
   param_vars = [Var(s.shape, s.dtype) for s in structs]
   x = Var(input_shape, jnp.dtype(dtype))

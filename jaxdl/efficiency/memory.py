@@ -37,6 +37,7 @@ import numpy as np
 from jaxdl import errors
 from jaxdl.efficiency import graph as G
 from jaxdl.efficiency import patch_inference as P
+from jaxdl.layers.conv import conv_impl
 
 _BYTES = {"int8": 1, "uint8": 1, "int4": 0.5, "float16": 2, "bfloat16": 2, "float32": 4}
 
@@ -270,7 +271,10 @@ def measured_memory(model, variables, input_shape: Sequence[int], *, split: int 
 
   Returns {"temp_bytes", "argument_bytes", "output_bytes", "alias_bytes", "total_bytes",
   "device"}: temp is XLA's arena for intermediates (the activation peak as XLA schedules it),
-  total = argument + output + temp - alias.
+  total = argument + output + temp - alias. Both programs are traced with plain
+  convolutions (`conv_impl("xla")`: no CPU matmul / shifted-sum formulations, which change
+  XLA's buffers), the layer graph a microcontroller runtime executes, so full and
+  patch-based numbers compare like for like.
   """
   structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)),
                          variables)
@@ -279,7 +283,8 @@ def measured_memory(model, variables, input_shape: Sequence[int], *, split: int 
     fn = lambda v, x: model.apply(v, x, train=False)
   else:
     fn = lambda v, x: P.patch_apply(model, v, x, split=split, num_patches=num_patches)
-  compiled = jax.jit(fn).lower(structs, x).compile()
+  with conv_impl("xla"):
+    compiled = jax.jit(fn).lower(structs, x).compile()
   m = compiled.memory_analysis()
   out = {"temp_bytes": int(m.temp_size_in_bytes), "argument_bytes": int(m.argument_size_in_bytes),
          "output_bytes": int(m.output_size_in_bytes), "alias_bytes": int(m.alias_size_in_bytes),

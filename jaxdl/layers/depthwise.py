@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl import errors
+from jaxdl.layers import conv as conv_lib
 
 IMPLS = ("auto", "conv", "shifted")
 
@@ -47,14 +48,8 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, impl: str = "auto") -> ja
     return jax.lax.conv_general_dilated(
         x, kernel, (1, 1), ((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=c)
-  h, w = x.shape[1], x.shape[2]
-  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
   xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-  out = jnp.zeros(x.shape, acc_dtype)
-  for i in range(kh):
-    for j in range(kw):
-      out = out + (xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0]).astype(acc_dtype)
-  return out.astype(x.dtype)
+  return conv_lib.depthwise_shifted(xp, kernel, (1, 1), x.dtype)
 
 
 class DepthwiseConv(nn.Module):

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdl.layers import get_initializer, sow_relu
+from jaxdl.layers.conv import Conv
 from jaxdl.models.registry import register
 
 
@@ -49,7 +50,7 @@ class CNN(nn.Module):
     for s, ch in enumerate(self.features):
       for c in range(self.convs_per_stage):
         name = f"stage{s}_conv{c}"
-        x = nn.Conv(ch, (3, 3), use_bias=not self.use_bn, kernel_init=kinit, dtype=self.dtype,
+        x = Conv(ch, (3, 3), use_bias=not self.use_bn, kernel_init=kinit, dtype=self.dtype,
                     param_dtype=self.param_dtype, name=name)(x)
         if self.use_bn:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from jaxdl import errors
 from jaxdl.layers import sow_relu
+from jaxdl.layers.conv import Conv, conv_general_dilated
 from jaxdl.layers.inputs import check_images
 from jaxdl.layers.norm import batch_norm
 from jaxdl.layers.remat import recompute_in_backward
@@ -96,8 +97,8 @@ def _bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre):
   x = jnp.concatenate(features, axis=-1) if len(features) > 1 else features[0]
   y1, m1, v1 = _batch_norm_fn(x, *norm1, train, dtype)
   cdt = dtype or jnp.result_type(y1, conv1)
-  z = jax.lax.conv_general_dilated(jax.nn.relu(y1).astype(cdt), conv1.astype(cdt), (1, 1),
-                                   "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  z = conv_general_dilated(jax.nn.relu(y1).astype(cdt), conv1.astype(cdt), (1, 1),
+                           "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   y2, m2, v2 = _batch_norm_fn(z, *norm2, train, dtype)
   out = (jax.nn.relu(y2), (m1, v1), (m2, v2))
   return out + ((y1, y2),) if want_pre else out
@@ -186,7 +187,7 @@ class DenseLayer(nn.Module):
       for variables, batch in ((stats1, out[1]), (stats2, out[2])):
         for var, b in zip(variables, batch):
           var.value = 0.9 * var.value + 0.1 * jax.lax.stop_gradient(b)
-    x = nn.Conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+    x = Conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                 kernel_init=_conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
                 name="conv2")(h)
     if self.drop_rate > 0:
@@ -227,7 +228,7 @@ class Transition(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = batch_norm(train, "norm", self.dtype, self.param_dtype)(x)
     x = sow_relu(self, x, "relu")
-    x = nn.Conv(self.out_features, (1, 1), use_bias=False, kernel_init=_conv_init,
+    x = Conv(self.out_features, (1, 1), use_bias=False, kernel_init=_conv_init,
                 dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
@@ -282,12 +283,12 @@ class DenseNet(nn.Module):
     num_features = self.num_init_features or 2 * self.growth_rate
     x = jnp.asarray(x, self.dtype)
     if self.stem == "imagenet":
-      x = nn.Conv(num_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
+      x = Conv(num_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                   use_bias=False, kernel_init=_conv_init, name="conv0", **kw)(x)
       x = sow_relu(self, batch_norm(train, "norm0", **kw)(x), "relu0")
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
-      x = nn.Conv(num_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+      x = Conv(num_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                   kernel_init=_conv_init, name="conv0", **kw)(x)
     for i, num_layers in enumerate(self.block_config):
       x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.proj_drop_rate,

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 
 from jaxdl import errors
 from jaxdl.layers import activation
+from jaxdl.layers.conv import Conv
 from jaxdl.layers.inputs import check_images
 from jaxdl.models.registry import register
 
@@ -115,7 +116,7 @@ def _pad(kernel: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def _conv(mdl, features, kernel, stride, name, groups=1):
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+  return Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=_pad(kernel, stride), feature_group_count=groups, use_bias=False,
                  kernel_init=_conv_init(groups), dtype=mdl.dtype, param_dtype=mdl.param_dtype,
                  name=name)

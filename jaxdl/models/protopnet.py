@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl import errors
+from jaxdl.layers.conv import Conv
 from jaxdl.layers.prototype import (PrototypeLayer, class_identity, l2_normalize,
                                     last_layer_init, log_similarity)
 from jaxdl.models.registry import create, register
@@ -59,7 +60,7 @@ class AddOnLayers(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = partial(nn.Conv, kernel_size=(1, 1), kernel_init=_KAIMING_FAN_OUT,
+    conv = partial(Conv, kernel_size=(1, 1), kernel_init=_KAIMING_FAN_OUT,
                    dtype=self.dtype, param_dtype=self.param_dtype)
     d = self.out_channels
     if self.kind == "regular":

@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxdl import errors
 from jaxdl.layers import activation
+from jaxdl.layers.conv import Conv
 from jaxdl.layers.depthwise import DepthwiseConv
 from jaxdl.layers.inputs import check_images
 from jaxdl.layers.drop_path import DropPath
@@ -56,7 +57,7 @@ class EffectiveSE(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = nn.Conv(x.shape[-1], (1, 1), kernel_init=_conv_init, dtype=self.dtype,
+    s = Conv(x.shape[-1], (1, 1), kernel_init=_conv_init, dtype=self.dtype,
                 param_dtype=self.param_dtype, name="fc")(s)
     return x * jax.nn.hard_sigmoid(s)
 
@@ -74,9 +75,9 @@ class FeatureMixer(nn.Module):
     kw = dict(kernel_init=_conv_init, dtype=self.dtype, param_dtype=self.param_dtype)
     x = DepthwiseConv(7, name="layers_0", **kw)(x)  # Fast on CPU too; nn.Conv's params.
     x = layer_norm("layers_1", self.dtype, self.param_dtype)(x)
-    x = nn.Conv(self.inter_features, (1, 1), name="layers_2", **kw)(x)
+    x = Conv(self.inter_features, (1, 1), name="layers_2", **kw)(x)
     x = activation(self, x, "gelu", "gelu")
-    x = nn.Conv(self.out_features, (1, 1), name="layers_4", **kw)(x)
+    x = Conv(self.out_features, (1, 1), name="layers_4", **kw)(x)
     if self.ese:
       x = EffectiveSE(self.dtype, self.param_dtype, name="layers_5")(x)
     return x
@@ -205,7 +206,7 @@ class RDNet(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = self.patch_size
     x = jnp.asarray(x, self.dtype)
-    x = nn.Conv(self.num_init_features, (p, p), strides=(p, p), padding="VALID",
+    x = Conv(self.num_init_features, (p, p), strides=(p, p), padding="VALID",
                 kernel_init=_conv_init, name="stem_0", **kw)(x)
     x = layer_norm("stem_1", **kw)(x)
     dp = drop_path_rates(self.drop_path_rate, self.num_blocks_list)
@@ -216,7 +217,7 @@ class RDNet(nn.Module):
         num_features = int(num_features * self.transition_compression_ratio / 8) * 8
         k = 2 if self.is_downsample_block[i] else 1
         x = layer_norm(f"dense_stages_{i}_0", **kw)(x)
-        x = nn.Conv(num_features, (k, k), strides=(k, k), padding="VALID",
+        x = Conv(num_features, (k, k), strides=(k, k), padding="VALID",
                     kernel_init=_conv_init, name=f"dense_stages_{i}_1", **kw)(x)
         j = 2
       n = self.num_blocks_list[i]

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from jaxdl import errors
 from jaxdl.layers import sow_relu
+from jaxdl.layers.conv import Conv
 from jaxdl.layers.inputs import check_images
 from jaxdl.layers.norm import batch_norm
 from jaxdl.models.registry import register
@@ -45,7 +46,7 @@ def _conv(features, kernel, stride=1, name=None, dtype=None, param_dtype=jnp.flo
           kernel_init=_conv_init):
   """Bias-free conv with PyTorch's symmetric padding kernel // 2."""
   p = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+  return Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((p, p), (p, p)), use_bias=False, kernel_init=kernel_init,
                  dtype=dtype, param_dtype=param_dtype, name=name)
 

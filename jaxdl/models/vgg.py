@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.layers import sow_relu
+from jaxdl.layers.conv import Conv
 from jaxdl.layers.inputs import check_images
 from jaxdl.models.registry import register
 
@@ -85,7 +86,7 @@ class VGG(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         idx += 1
         continue
-      x = nn.Conv(int(v), (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
+      x = Conv(int(v), (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
                   name=f"features_{idx}", **kw)(x)
       idx += 1
       if self.use_bn:
@@ -114,11 +115,11 @@ class _ConvMlp(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if x.shape[1] < 7 or x.shape[2] < 7:
       x = adaptive_avg_pool(x, max(7, x.shape[1]), max(7, x.shape[2]))
-    x = nn.Conv(4096, (7, 7), padding="VALID", name="fc1", **kw)(x)
+    x = Conv(4096, (7, 7), padding="VALID", name="fc1", **kw)(x)
     x = sow_relu(self, x, "act1")
     if self.drop_rate > 0:
       x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-    x = nn.Conv(4096, (1, 1), name="fc2", **kw)(x)
+    x = Conv(4096, (1, 1), name="fc2", **kw)(x)
     return sow_relu(self, x, "act2")
 
 

@@ -1,0 +1,167 @@
+"""`lax.conv_general_dilated` with faster formulations of three common cases on XLA:CPU.
+
+XLA:CPU runs every convolution through its generic (Eigen) convolution, whose backward
+passes are slow. Three cases have an exact, cheaper formulation as matmuls or fused
+elementwise loops, measured on 2 cores (tools/bench_conv.py, BENCHMARKS.md "Convolutions
+on CPU"):
+
+- pointwise (1x1 kernel, any stride, no dilation, one group): strided slice + `dot_general`.
+  Forward + backward of the 1x1 convolutions of DenseNet-121, ResNet-50 and DenseNet-BC run
+  2.5-3.6x faster than the convolution, since the weight gradient becomes one matmul.
+- patchify (kernel = stride, one group): a reshape of non-overlapping patches + one matmul
+  (RDNet's stem and transitions).
+- depthwise (one input channel per group, channel multiplier 1): K*K shifted
+  multiply-adds accumulated in float32, which XLA fuses into one loop (XLA:CPU's grouped
+  convolution is a slow generic loop: 26x slower forward for RDNet's 7x7 layer).
+
+Everything else, and every backend other than CPU under `impl="auto"`, goes to
+`lax.conv_general_dilated` unchanged: GPUs/TPUs have fast convolutions for all three.
+Values equal the convolution's up to float32 summation order (tests/layers/test_conv.py,
+against float64).
+
+Use it as `nn.Conv(..., conv_general_dilated=jaxdl.layers.conv_general_dilated)`
+(`jaxdl.layers.Conv` is that partial): parameters keep `nn.Conv`'s names and layout, so
+checkpoints and converted timm weights do not depend on the implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxdl import errors
+
+IMPLS = ("auto", "xla", "fast")
+_default_impl = ["auto"]
+
+
+@contextlib.contextmanager
+def conv_impl(impl: str):
+  """Within the block, `conv_general_dilated(impl=None)` traces with `impl`.
+
+  "auto": the fast formulations on CPU, the convolution elsewhere; "xla": always the
+  convolution; "fast": the fast formulations on every backend. Read at trace time, so wrap
+  the first call of a jitted function (benchmarks compare implementations this way).
+  """
+  if impl not in IMPLS:
+    raise errors.ConfigError(f"conv impl must be one of {IMPLS}, got {impl!r}.")
+  _default_impl.append(impl)
+  try:
+    yield
+  finally:
+    _default_impl.pop()
+
+
+def _channels_last(lhs_ndim, dn: lax.ConvDimensionNumbers) -> bool:
+  n = lhs_ndim - 2
+  spatial = tuple(range(1, n + 1))
+  return (dn.lhs_spec == (0, n + 1) + spatial and dn.out_spec == (0, n + 1) + spatial
+          and dn.rhs_spec == (n + 1, n) + tuple(range(n)))
+
+
+def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
+                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count: int = 1, batch_group_count: int = 1,
+                         precision=None, preferred_element_type=None, *,
+                         impl: str | None = None):
+  """`lax.conv_general_dilated`'s signature and result (see the module docstring).
+
+  The fast formulations apply to channels-last layouts (NHWC / HWIO and their 1-D and
+  3-D analogues) without dilation; any other call is passed to the convolution.
+  """
+  impl = _default_impl[-1] if impl is None else impl
+  if impl not in IMPLS:
+    raise errors.ConfigError(f"conv impl must be one of {IMPLS}, got {impl!r}.")
+  conv = functools.partial(
+      lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+      precision=precision, preferred_element_type=preferred_element_type)
+  if impl == "xla" or (impl == "auto" and jax.default_backend() != "cpu"):
+    return conv()
+  n = lhs.ndim - 2
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  if (n < 1 or batch_group_count != 1 or not _channels_last(lhs.ndim, dn)
+      or any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ()))):
+    return conv()
+  window = rhs.shape[:n]
+  strides = tuple(window_strides)
+  if isinstance(padding, str):
+    pads = lax.padtype_to_pads(lhs.shape[1:n + 1], window, strides, padding)
+  else:
+    pads = tuple(tuple(p) for p in padding)
+  c_in, c_out = lhs.shape[-1], rhs.shape[-1]
+  if feature_group_count == 1 and all(w == s for w, s in zip(window, strides)):
+    x = _pad(lhs, pads)
+    return _patch_matmul(x, rhs, window, precision, preferred_element_type)
+  if feature_group_count == c_in and rhs.shape[n] == 1 and c_out == c_in:
+    return depthwise_shifted(_pad(lhs, pads), rhs, strides, preferred_element_type)
+  if feature_group_count == 1 and all(w == 1 for w in window):
+    x = _pad(lhs, pads)
+    x = x[(slice(None),) + tuple(slice(None, None, s) for s in strides)]
+    return _patch_matmul(x, rhs, window, precision, preferred_element_type)
+  return conv()
+
+
+def _pad(x, pads):
+  if all(p == (0, 0) for p in pads):
+    return x
+  return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads)
+                 + ((0, 0, 0),))
+
+
+def _patch_matmul(x, rhs, window, precision, preferred_element_type):
+  """Non-overlapping windows (stride = window) of padded x [N, *S, C] times rhs [*window, C, O]."""
+  n = x.ndim - 2
+  out_sizes = tuple(s // w for s, w in zip(x.shape[1:n + 1], window))
+  if any(o < 1 for o in out_sizes):
+    raise errors.ShapeError(f"convolution window {window} is larger than the padded input "
+                            f"{x.shape[1:n + 1]}: use a smaller kernel or more padding.")
+  if any(w != 1 for w in window):
+    x = x[(slice(None),) + tuple(slice(0, o * w) for o, w in zip(out_sizes, window))]
+    split = (x.shape[0],) + tuple(d for o, w in zip(out_sizes, window) for d in (o, w))
+    x = x.reshape(split + (x.shape[-1],))
+    # [N, o1, w1, o2, w2, ..., C] -> [N, o1, o2, ..., w1, w2, ..., C]
+    perm = (0,) + tuple(1 + 2 * i for i in range(n)) + tuple(2 + 2 * i for i in range(n))
+    x = x.transpose(perm + (2 * n + 1,))
+    x = x.reshape((x.shape[0],) + out_sizes + (-1,))
+  kernel = rhs.reshape((-1, rhs.shape[-1]))
+  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
+                         preferred_element_type=preferred_element_type)
+
+
+def depthwise_shifted(x, rhs, strides, preferred_element_type):
+  """Depthwise convolution of padded x [N, *S, C] with rhs [*K, 1, C] as shifted products."""
+  n = x.ndim - 2
+  window = rhs.shape[:n]
+  out_sizes = tuple((s - k) // st + 1 for s, k, st in zip(x.shape[1:n + 1], window, strides))
+  if any(o < 1 for o in out_sizes):
+    raise errors.ShapeError(f"convolution window {window} is larger than the padded input "
+                            f"{x.shape[1:n + 1]}: use a smaller kernel or more padding.")
+  out_dtype = preferred_element_type or jnp.result_type(x, rhs)
+  acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
+  out = None
+  for offset in _ndindex(window):
+    sl = (slice(None),) + tuple(slice(o, o + st * (size - 1) + 1, st)
+                                for o, st, size in zip(offset, strides, out_sizes))
+    term = (x[sl] * rhs[offset + (0,)]).astype(acc_dtype)
+    out = term if out is None else out + term
+  return out.astype(out_dtype)
+
+
+def _ndindex(shape):
+  if not shape:
+    yield ()
+    return
+  for i in range(shape[0]):
+    for rest in _ndindex(shape[1:]):
+      yield (i,) + rest
+
+
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

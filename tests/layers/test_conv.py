@@ -1,0 +1,114 @@
+"""The CPU-fast convolution formulations equal a float64 convolution, values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdl import errors
+from jaxdl.layers import conv as lc
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _reference_float64(x, w, strides, pads, groups):
+  """Direct sum over the kernel taps in float64 numpy (NHWC, HWIO, explicit pads)."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  kh, kw, cg, o = w.shape
+  xp = np.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+  ho = (xp.shape[1] - kh) // strides[0] + 1
+  wo = (xp.shape[2] - kw) // strides[1] + 1
+  n, c = x.shape[0], x.shape[3]
+  out = np.zeros((n, ho, wo, groups, o // groups))
+  for i in range(kh):
+    for j in range(kw):
+      xs = xp[:, i:i + strides[0] * (ho - 1) + 1:strides[0],
+              j:j + strides[1] * (wo - 1) + 1:strides[1], :].reshape(n, ho, wo, groups, cg)
+      out += np.einsum("nhwgc,cgo->nhwgo", xs, w[i, j].reshape(cg, groups, o // groups))
+  return out.reshape(n, ho, wo, o)
+
+
+def _explicit_pads(x_shape, w_shape, strides, padding):
+  if isinstance(padding, str):
+    return jax.lax.padtype_to_pads(x_shape[1:3], w_shape[:2], strides, padding)
+  return padding
+
+
+CASES = [
+    # (name, x shape, kernel shape, strides, padding, groups)
+    ("pointwise", (2, 6, 7, 5), (1, 1, 5, 8), (1, 1), "VALID", 1),
+    ("pointwise stride 2 SAME odd", (2, 7, 9, 5), (1, 1, 5, 3), (2, 2), "SAME", 1),
+    ("pointwise padded", (1, 5, 5, 4), (1, 1, 4, 6), (1, 2), ((1, 1), (0, 2)), 1),
+    ("patchify 4x4", (2, 9, 10, 3), (4, 4, 3, 7), (4, 4), "VALID", 1),
+    ("patchify 2x2 padded", (2, 7, 6, 5), (2, 2, 5, 4), (2, 2), ((0, 1), (0, 0)), 1),
+    ("depthwise 3x3", (2, 8, 9, 6), (3, 3, 1, 6), (1, 1), ((1, 1), (1, 1)), 6),
+    ("depthwise 5x5 stride 2", (2, 11, 10, 4), (5, 5, 1, 4), (2, 2), ((2, 2), (2, 2)), 4),
+    ("depthwise 3x3 stride 2 SAME even", (1, 8, 8, 3), (3, 3, 1, 3), (2, 2), "SAME", 3),
+    ("3x3 (fallback)", (2, 6, 6, 4), (3, 3, 4, 5), (1, 1), "SAME", 1),
+    ("grouped (fallback)", (2, 6, 6, 4), (3, 3, 2, 6), (1, 1), "SAME", 2),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_fast_and_xla_match_float64_values_and_gradients(case):
+  name, xs, ws, strides, padding, groups = case
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(xs).astype(np.float32)
+  w = rng.standard_normal(ws).astype(np.float32)
+  ref = _reference_float64(x, w, strides, _explicit_pads(xs, ws, strides, padding), groups)
+
+  def f(x, w, impl):
+    return lc.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN,
+                                   feature_group_count=groups, impl=impl)
+
+  grads = {}
+  for impl in ("xla", "fast"):
+    out = np.asarray(jax.jit(f, static_argnums=2)(x, w, impl))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    loss = lambda x, w, impl=impl: jnp.sum(jnp.sin(f(x, w, impl)))
+    grads[impl] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+  for a, b in zip(grads["xla"], grads["fast"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # The fast formulations really avoid the convolution (and the fallbacks keep it).
+  jaxpr = str(jax.make_jaxpr(f, static_argnums=2)(x, w, "fast"))
+  assert ("conv_general_dilated" in jaxpr) == ("fallback" in name)
+
+
+def test_one_dimensional_pointwise_and_dilated_fallback():
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((3, 10, 4)).astype(np.float32)
+  w = rng.standard_normal((1, 4, 6)).astype(np.float32)
+  ref = np.einsum("nlc,co->nlo", x.astype(np.float64)[:, ::3], w[0].astype(np.float64))
+  out = lc.conv_general_dilated(x, w, (3,), "VALID", dimension_numbers=("NHC", "HIO", "NHC"),
+                                impl="fast")
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  w3 = rng.standard_normal((3, 4, 6)).astype(np.float32)
+  kw = dict(rhs_dilation=(2,), dimension_numbers=("NHC", "HIO", "NHC"))
+  np.testing.assert_array_equal(
+      lc.conv_general_dilated(x, w3, (1,), "SAME", impl="fast", **kw),
+      jax.lax.conv_general_dilated(x, w3, (1,), "SAME", **kw))
+
+
+def test_nn_conv_drop_in_same_parameters_outputs_and_dtype():
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 8, 8, 6)), jnp.float32)
+  for kwargs in (dict(features=10, kernel_size=(1, 1), strides=(2, 2)),
+                 dict(features=6, kernel_size=(7, 7), padding=3, feature_group_count=6),
+                 dict(features=5, kernel_size=(4, 4), strides=(4, 4), padding="VALID")):
+    plain = nn.Conv(**kwargs)
+    v = plain.init(jax.random.key(0), x)
+    with lc.conv_impl("fast"):
+      mine = lc.Conv(**kwargs)
+      assert (jax.tree.map(jnp.shape, mine.init(jax.random.key(0), x))
+              == jax.tree.map(jnp.shape, v))
+      np.testing.assert_allclose(mine.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
+      assert lc.Conv(dtype=jnp.bfloat16, **kwargs).apply(v, x).dtype == jnp.bfloat16
+
+
+def test_bad_impl_is_a_one_line_error():
+  x, w = jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 1, 3, 2))
+  with pytest.raises(errors.ConfigError, match="impl"):
+    lc.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN, impl="fft")
+  with pytest.raises(errors.ConfigError, match="impl"):
+    with lc.conv_impl("cudnn"):
+      pass

@@ -1,0 +1,89 @@
+"""Convolution layers on the current backend: `lax.conv_general_dilated` vs jaxdl's dispatch.
+
+  PYTHONPATH=. python tools/bench_conv.py --repeats 7
+
+For each layer shape taken from the model zoo, times the jitted forward pass and the
+backward pass (the VJP: gradients with respect to input and kernel for a given cotangent) of
+`jaxdl.layers.conv.conv_general_dilated` with impl="xla" (the convolution) and impl="fast"
+(pointwise / patchify as matmuls, depthwise as shifted multiply-adds), alternating the two
+call by call after a warm-up, median of --repeats. Reports ms, GFLOP/s of the layer's
+multiply-adds (2 * MACs forward, 4 * MACs backward) and the ratio xla / fast
+(> 1: the fast formulation is faster). Shapes marked "control" take the convolution in
+both (3x3 dense), so their ratio shows the measurement noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdl.layers import conv as lc
+
+DN = ("NHWC", "HWIO", "NHWC")
+# name, input [N, H, W, C], kernel [kh, kw, C/groups, O], strides, padding, groups
+SHAPES = [
+    ("densenet121 block1 1x1", (8, 56, 56, 256), (1, 1, 256, 128), 1, "VALID", 1),
+    ("resnet50 layer1 1x1 reduce", (8, 56, 56, 256), (1, 1, 256, 64), 1, "VALID", 1),
+    ("resnet50 layer2 downsample 1x1/2", (8, 56, 56, 256), (1, 1, 256, 512), 2, "VALID", 1),
+    ("densenet_bc_100 1x1 (C=108)", (32, 32, 32, 108), (1, 1, 108, 48), 1, "VALID", 1),
+    ("rdnet_tiny stem 4x4/4", (8, 224, 224, 3), (4, 4, 3, 64), 4, "VALID", 1),
+    ("rdnet_tiny transition 2x2/2", (8, 56, 56, 256), (2, 2, 256, 160), 2, "VALID", 1),
+    ("rdnet_tiny mixer 1x1 expand", (8, 56, 56, 64), (1, 1, 64, 256), 1, "VALID", 1),
+    ("rdnet_tiny depthwise 7x7", (8, 56, 56, 64), (7, 7, 1, 64), 1, "SAME", 64),
+    ("mobilenetv2 depthwise 3x3", (8, 56, 56, 144), (3, 3, 1, 144), 1, "SAME", 144),
+    ("mobilenetv2 depthwise 3x3/2", (8, 56, 56, 144), (3, 3, 1, 144), 2, "SAME", 144),
+    ("resnet50 layer1 3x3 (control)", (8, 56, 56, 64), (3, 3, 64, 64), 1, "SAME", 1),
+    ("densenet_bc_100 3x3 (control)", (32, 32, 32, 48), (3, 3, 48, 12), 1, "SAME", 1),
+]
+
+
+def _timed(f, args):
+  t = time.perf_counter()
+  jax.block_until_ready(f(*args))
+  return time.perf_counter() - t
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--repeats", type=int, default=7)
+  args = p.parse_args()
+  print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), "
+        f"repeats {args.repeats} (median)")
+  print("| layer | pass | xla ms | fast ms | xla GFLOP/s | fast GFLOP/s | xla / fast |")
+  print("|---|---|---:|---:|---:|---:|---:|")
+  for name, xs, ws, s, padding, groups in SHAPES:
+    kx, kw = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, xs)
+    w = jax.random.normal(kw, ws) * 0.05
+    fwd, bwd = {}, {}
+    for impl in ("xla", "fast"):
+      def f(x, w, impl=impl):
+        return lc.conv_general_dilated(x, w, (s, s), padding, dimension_numbers=DN,
+                                       feature_group_count=groups, impl=impl)
+      fwd[impl] = jax.jit(f)
+      y = fwd[impl](x, w)
+      g = jnp.ones_like(y)
+      bwd[impl] = jax.jit(lambda x, w, g, f=f: jax.vjp(f, x, w)[1](g))
+    g = jnp.ones_like(fwd["xla"](x, w))
+    out_positions = int(np.prod(g.shape[:3]))
+    macs = out_positions * ws[0] * ws[1] * ws[2] * ws[3]
+    for label, fns, fargs, flops in (("fwd", fwd, (x, w), 2 * macs),
+                                     ("bwd", bwd, (x, w, g), 4 * macs)):
+      for fn in fns.values():
+        _timed(fn, fargs)
+      times = {k: [] for k in fns}
+      for _ in range(args.repeats):
+        for k, fn in fns.items():
+          times[k].append(_timed(fn, fargs))
+      med = {k: float(np.median(v)) for k, v in times.items()}
+      print(f"| {name} | {label} | {1e3 * med['xla']:.2f} | {1e3 * med['fast']:.2f} | "
+            f"{flops / med['xla'] / 1e9:.1f} | {flops / med['fast'] / 1e9:.1f} | "
+            f"{med['xla'] / med['fast']:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
