@@ -1,6 +1,8 @@
 """Building blocks shared by several model families."""
 
 from jaxdl.layers.activations import activation, get_activation, sow_relu
+from jaxdl.layers.conv import Conv, conv_general_dilated, conv_impl
 from jaxdl.layers.initializers import get_initializer
 
-__all__ = ["activation", "get_activation", "sow_relu", "get_initializer"]
+__all__ = ["activation", "get_activation", "sow_relu", "get_initializer", "Conv",
+           "conv_general_dilated", "conv_impl"]
