@@ -6,13 +6,14 @@ elementwise loops, measured on 2 cores (tools/bench_conv.py, BENCHMARKS.md "Conv
 on CPU"):
 
 - pointwise (1x1 kernel, any stride, no dilation, one group): strided slice + `dot_general`.
-  Forward + backward of the 1x1 convolutions of DenseNet-121, ResNet-50 and DenseNet-BC run
-  2.5-3.6x faster than the convolution, since the weight gradient becomes one matmul.
+  The backward pass of the 1x1 convolutions of DenseNet-121, ResNet-50 and DenseNet-BC runs
+  3.8-6.1x faster than the convolution's, since the kernel gradient becomes one matmul.
 - patchify (kernel = stride, one group): a reshape of non-overlapping patches + one matmul
   (RDNet's stem and transitions).
 - depthwise (one input channel per group, channel multiplier 1): K*K shifted
   multiply-adds accumulated in float32, which XLA fuses into one loop (XLA:CPU's grouped
-  convolution is a slow generic loop: 26x slower forward for RDNet's 7x7 layer).
+  convolution is a slow generic loop: 11-39x slower forward for MobileNetV2's and RDNet's
+  layers).
 
 Everything else, and every backend other than CPU under `impl="auto"`, goes to
 `lax.conv_general_dilated` unchanged: GPUs/TPUs have fast convolutions for all three.
@@ -41,6 +42,11 @@ IMPLS = ("auto", "xla", "fast")
 _default_impl = ["auto"]
 
 
+def _check_impl(impl):
+  if impl not in IMPLS:
+    raise errors.ConfigError(f"conv impl must be one of {IMPLS}, got {impl!r}.")
+
+
 @contextlib.contextmanager
 def conv_impl(impl: str):
   """Within the block, `conv_general_dilated(impl=None)` traces with `impl`.
@@ -49,8 +55,7 @@ def conv_impl(impl: str):
   convolution; "fast": the fast formulations on every backend. Read at trace time, so wrap
   the first call of a jitted function (benchmarks compare implementations this way).
   """
-  if impl not in IMPLS:
-    raise errors.ConfigError(f"conv impl must be one of {IMPLS}, got {impl!r}.")
+  _check_impl(impl)
   _default_impl.append(impl)
   try:
     yield
@@ -76,8 +81,7 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
   3-D analogues) without dilation; any other call is passed to the convolution.
   """
   impl = _default_impl[-1] if impl is None else impl
-  if impl not in IMPLS:
-    raise errors.ConfigError(f"conv impl must be one of {IMPLS}, got {impl!r}.")
+  _check_impl(impl)
   conv = functools.partial(
       lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -116,13 +120,20 @@ def _pad(x, pads):
                  + ((0, 0, 0),))
 
 
+def _output_sizes(x, window, strides):
+  """Output spatial sizes of a 'VALID' window over padded x [N, *S, C]."""
+  spatial = x.shape[1:-1]
+  sizes = tuple((s - k) // st + 1 for s, k, st in zip(spatial, window, strides))
+  if any(s < k for s, k in zip(spatial, window)):
+    raise errors.ShapeError(f"convolution window {window} is larger than the padded input "
+                            f"{spatial}: use a smaller kernel or more padding.")
+  return sizes
+
+
 def _patch_matmul(x, rhs, window, precision, preferred_element_type):
   """Non-overlapping windows (stride = window) of padded x [N, *S, C] times rhs [*window, C, O]."""
   n = x.ndim - 2
-  out_sizes = tuple(s // w for s, w in zip(x.shape[1:n + 1], window))
-  if any(o < 1 for o in out_sizes):
-    raise errors.ShapeError(f"convolution window {window} is larger than the padded input "
-                            f"{x.shape[1:n + 1]}: use a smaller kernel or more padding.")
+  out_sizes = _output_sizes(x, window, window)
   if any(w != 1 for w in window):
     x = x[(slice(None),) + tuple(slice(0, o * w) for o, w in zip(out_sizes, window))]
     split = (x.shape[0],) + tuple(d for o, w in zip(out_sizes, window) for d in (o, w))
@@ -138,12 +149,8 @@ def _patch_matmul(x, rhs, window, precision, preferred_element_type):
 
 def depthwise_shifted(x, rhs, strides, preferred_element_type):
   """Depthwise convolution of padded x [N, *S, C] with rhs [*K, 1, C] as shifted products."""
-  n = x.ndim - 2
-  window = rhs.shape[:n]
-  out_sizes = tuple((s - k) // st + 1 for s, k, st in zip(x.shape[1:n + 1], window, strides))
-  if any(o < 1 for o in out_sizes):
-    raise errors.ShapeError(f"convolution window {window} is larger than the padded input "
-                            f"{x.shape[1:n + 1]}: use a smaller kernel or more padding.")
+  window = rhs.shape[:x.ndim - 2]
+  out_sizes = _output_sizes(x, window, strides)
   out_dtype = preferred_element_type or jnp.result_type(x, rhs)
   acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
   out = None

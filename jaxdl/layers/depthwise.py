@@ -22,6 +22,7 @@ from jaxdl import errors
 from jaxdl.layers import conv as conv_lib
 
 IMPLS = ("auto", "conv", "shifted")
+_CONV_IMPL = {"auto": "auto", "conv": "xla", "shifted": "fast"}  # jaxdl.layers.conv names
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, *, impl: str = "auto") -> jax.Array:
@@ -41,15 +42,11 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, impl: str = "auto") -> ja
   if one != 1 or c != x.shape[-1] or kh % 2 == 0 or kw % 2 == 0:
     raise errors.ShapeError(f"depthwise_conv takes an odd [K, K, 1, C] kernel for C = "
                             f"{x.shape[-1]} input channels, got kernel shape {kernel.shape}.")
-  if impl == "auto":
-    impl = "shifted" if jax.default_backend() == "cpu" else "conv"
   ph, pw = kh // 2, kw // 2
-  if impl == "conv":
-    return jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), ((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=c)
-  xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-  return conv_lib.depthwise_shifted(xp, kernel, (1, 1), x.dtype)
+  y = conv_lib.conv_general_dilated(
+      x, kernel, (1, 1), ((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=c, impl=_CONV_IMPL[impl])
+  return y.astype(x.dtype)  # the shifted sums promote mixed dtypes; the convolution rejects them
 
 
 class DepthwiseConv(nn.Module):

@@ -51,7 +51,7 @@ class CNN(nn.Module):
       for c in range(self.convs_per_stage):
         name = f"stage{s}_conv{c}"
         x = Conv(ch, (3, 3), use_bias=not self.use_bn, kernel_init=kinit, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name=name)(x)
+                 param_dtype=self.param_dtype, name=name)(x)
         if self.use_bn:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                            dtype=self.dtype, param_dtype=self.param_dtype,

@@ -188,8 +188,8 @@ class DenseLayer(nn.Module):
         for var, b in zip(variables, batch):
           var.value = 0.9 * var.value + 0.1 * jax.lax.stop_gradient(b)
     x = Conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                kernel_init=_conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                name="conv2")(h)
+             kernel_init=_conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
+             name="conv2")(h)
     if self.drop_rate > 0:
       x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
     return x
@@ -229,7 +229,7 @@ class Transition(nn.Module):
     x = batch_norm(train, "norm", self.dtype, self.param_dtype)(x)
     x = sow_relu(self, x, "relu")
     x = Conv(self.out_features, (1, 1), use_bias=False, kernel_init=_conv_init,
-                dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+             dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -284,12 +284,12 @@ class DenseNet(nn.Module):
     x = jnp.asarray(x, self.dtype)
     if self.stem == "imagenet":
       x = Conv(num_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
-                  use_bias=False, kernel_init=_conv_init, name="conv0", **kw)(x)
+               use_bias=False, kernel_init=_conv_init, name="conv0", **kw)(x)
       x = sow_relu(self, batch_norm(train, "norm0", **kw)(x), "relu0")
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = Conv(num_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                  kernel_init=_conv_init, name="conv0", **kw)(x)
+               kernel_init=_conv_init, name="conv0", **kw)(x)
     for i, num_layers in enumerate(self.block_config):
       x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.proj_drop_rate,
                      self.memory_efficient, self.remat, self.bottleneck_impl,

@@ -117,9 +117,9 @@ def _pad(kernel: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 def _conv(mdl, features, kernel, stride, name, groups=1):
   return Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=_pad(kernel, stride), feature_group_count=groups, use_bias=False,
-                 kernel_init=_conv_init(groups), dtype=mdl.dtype, param_dtype=mdl.param_dtype,
-                 name=name)
+              padding=_pad(kernel, stride), feature_group_count=groups, use_bias=False,
+              kernel_init=_conv_init(groups), dtype=mdl.dtype, param_dtype=mdl.param_dtype,
+              name=name)
 
 
 def _bn(mdl, train, name):

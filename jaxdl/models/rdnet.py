@@ -58,7 +58,7 @@ class EffectiveSE(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
     s = Conv(x.shape[-1], (1, 1), kernel_init=_conv_init, dtype=self.dtype,
-                param_dtype=self.param_dtype, name="fc")(s)
+             param_dtype=self.param_dtype, name="fc")(s)
     return x * jax.nn.hard_sigmoid(s)
 
 
@@ -207,7 +207,7 @@ class RDNet(nn.Module):
     p = self.patch_size
     x = jnp.asarray(x, self.dtype)
     x = Conv(self.num_init_features, (p, p), strides=(p, p), padding="VALID",
-                kernel_init=_conv_init, name="stem_0", **kw)(x)
+             kernel_init=_conv_init, name="stem_0", **kw)(x)
     x = layer_norm("stem_1", **kw)(x)
     dp = drop_path_rates(self.drop_path_rate, self.num_blocks_list)
     num_features = self.num_init_features
@@ -218,7 +218,7 @@ class RDNet(nn.Module):
         k = 2 if self.is_downsample_block[i] else 1
         x = layer_norm(f"dense_stages_{i}_0", **kw)(x)
         x = Conv(num_features, (k, k), strides=(k, k), padding="VALID",
-                    kernel_init=_conv_init, name=f"dense_stages_{i}_1", **kw)(x)
+                 kernel_init=_conv_init, name=f"dense_stages_{i}_1", **kw)(x)
         j = 2
       n = self.num_blocks_list[i]
       x = DenseStage(n, growth, dp[i],

@@ -47,8 +47,8 @@ def _conv(features, kernel, stride=1, name=None, dtype=None, param_dtype=jnp.flo
   """Bias-free conv with PyTorch's symmetric padding kernel // 2."""
   p = kernel // 2
   return Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((p, p), (p, p)), use_bias=False, kernel_init=kernel_init,
-                 dtype=dtype, param_dtype=param_dtype, name=name)
+              padding=((p, p), (p, p)), use_bias=False, kernel_init=kernel_init,
+              dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class BasicBlock(nn.Module):

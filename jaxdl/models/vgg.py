@@ -87,7 +87,7 @@ class VGG(nn.Module):
         idx += 1
         continue
       x = Conv(int(v), (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
-                  name=f"features_{idx}", **kw)(x)
+               name=f"features_{idx}", **kw)(x)
       idx += 1
       if self.use_bn:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,

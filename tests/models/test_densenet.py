@@ -105,7 +105,8 @@ def test_bottleneck_kernel_option_equals_xla(tiny, fast_jit, memory_efficient):
 
 def test_memory_efficient_lowers_compiled_memory():
   """XLA's buffer assignment for the backward pass: less scratch memory, more convolutions
-  and matmuls (conv1 of each dense layer is recomputed; on CPU it is a matmul). tools/bench_memory.py measures full models."""
+  and matmuls (conv1 of each dense layer is recomputed; on CPU it is a matmul).
+  tools/bench_memory.py measures full models."""
   def compiled(me):
     model = models.create("densenet_bc_100_k12", memory_efficient=me, growth_rate=4,
                           block_config=(6,), num_classes=3)
