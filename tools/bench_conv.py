@@ -10,6 +10,15 @@ call by call after a warm-up, median of --repeats. Reports ms, GFLOP/s of the la
 multiply-adds (2 * MACs forward, 4 * MACs backward) and the ratio xla / fast
 (> 1: the fast formulation is faster). Shapes marked "control" take the convolution in
 both (3x3 dense), so their ratio shows the measurement noise.
+
+  PYTHONPATH=. python tools/bench_conv.py --dense --repeats 7
+
+Dense contractions (a 1x1 convolution's or a dense layer's input [*A, K] times kernel
+[K, F]) through `jaxdl.layers.dense.dot_general`: impl="xla" is the dot over the input's
+axes as they are, impl="fast" the same dot on [prod A, K] (one 2-D matmul). The backward pass
+here takes the cotangent from an elementwise op (max(g * s + 1, 0), as a BatchNorm / ReLU
+backward would produce it): in a network that producer is where XLA:CPU fuses the
+transpose it inserts for the 4-D dot's kernel gradient.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl.layers import conv as lc
+from jaxdl.layers import dense as ld
 
 DN = ("NHWC", "HWIO", "NHWC")
 # name, input [N, H, W, C], kernel [kh, kw, C/groups, O], strides, padding, groups
@@ -39,6 +49,16 @@ SHAPES = [
     ("resnet50 layer1 3x3 (control)", (8, 56, 56, 64), (3, 3, 64, 64), 1, "SAME", 1),
     ("densenet_bc_100 3x3 (control)", (32, 32, 32, 48), (3, 3, 48, 12), 1, "SAME", 1),
 ]
+# name, input [*A, K], kernel [K, F]
+DENSE_SHAPES = [
+    ("densenet121 block1 1x1", (8, 56, 56, 256), (256, 128)),
+    ("resnet50 layer1 1x1 expand", (8, 56, 56, 64), (64, 256)),
+    ("densenet_bc_100 1x1 (C=108)", (32, 32, 32, 108), (108, 48)),
+    ("rdnet_tiny mixer 1x1 expand", (8, 56, 56, 64), (64, 256)),
+    ("pfn_tabular:full MLP fc1", (8, 1024, 512), (512, 1024)),
+    ("pfn_tabular MLP fc1", (64, 1024, 128), (128, 256)),
+    ("protopnet distances (VGG-16 7x7, 2000 prototypes)", (80, 49, 128), (128, 2000)),
+]
 
 
 def _timed(f, args):
@@ -50,11 +70,30 @@ def _timed(f, args):
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--repeats", type=int, default=7)
+  p.add_argument("--dense", action="store_true",
+                 help="time the dense contractions (DENSE_SHAPES) instead of the convolutions")
   args = p.parse_args()
   print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), "
         f"repeats {args.repeats} (median)")
   print("| layer | pass | xla ms | fast ms | xla GFLOP/s | fast GFLOP/s | xla / fast |")
   print("|---|---|---:|---:|---:|---:|---:|")
+  if args.dense:
+    for name, xs, ws in DENSE_SHAPES:
+      x = jax.random.normal(jax.random.key(0), xs)
+      w = jax.random.normal(jax.random.key(1), ws) * 0.05
+      g = jnp.ones(xs[:-1] + ws[1:])
+      scale = jnp.ones(ws[1:])
+      fwd, bwd = {}, {}
+      for impl in ("xla", "fast"):
+        def f(x, w, impl=impl):
+          return ld.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), impl=impl)
+        fwd[impl] = jax.jit(f)
+        bwd[impl] = jax.jit(
+            lambda x, w, g, s, f=f: jax.vjp(f, x, w)[1](jnp.maximum(g * s + 1.0, 0.0)))
+      macs = int(np.prod(xs)) * ws[1]
+      _report(name, (("fwd", fwd, (x, w), 2 * macs), ("bwd", bwd, (x, w, g, scale), 4 * macs)),
+              args.repeats)
+    return
   for name, xs, ws, s, padding, groups in SHAPES:
     kx, kw = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, xs)
@@ -69,18 +108,23 @@ def main():
     g = jnp.ones(jax.eval_shape(fwd["xla"], x, w).shape)
     out_positions = int(np.prod(g.shape[:3]))
     macs = out_positions * ws[0] * ws[1] * ws[2] * ws[3]
-    for label, fns, fargs, flops in (("fwd", fwd, (x, w), 2 * macs),
-                                     ("bwd", bwd, (x, w, g), 4 * macs)):
-      for fn in fns.values():
-        _timed(fn, fargs)
-      times = {k: [] for k in fns}
-      for _ in range(args.repeats):
-        for k, fn in fns.items():
-          times[k].append(_timed(fn, fargs))
-      med = {k: float(np.median(v)) for k, v in times.items()}
-      print(f"| {name} | {label} | {1e3 * med['xla']:.2f} | {1e3 * med['fast']:.2f} | "
-            f"{flops / med['xla'] / 1e9:.1f} | {flops / med['fast'] / 1e9:.1f} | "
-            f"{med['xla'] / med['fast']:.2f}x |", flush=True)
+    _report(name, (("fwd", fwd, (x, w), 2 * macs), ("bwd", bwd, (x, w, g), 4 * macs)),
+            args.repeats)
+
+
+def _report(name, passes, repeats):
+  """Times each pass's "xla" and "fast" functions in turns; prints one table row per pass."""
+  for label, fns, fargs, flops in passes:
+    for fn in fns.values():
+      _timed(fn, fargs)
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+      for k, fn in fns.items():
+        times[k].append(_timed(fn, fargs))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    print(f"| {name} | {label} | {1e3 * med['xla']:.2f} | {1e3 * med['fast']:.2f} | "
+          f"{flops / med['xla'] / 1e9:.1f} | {flops / med['fast'] / 1e9:.1f} | "
+          f"{med['xla'] / med['fast']:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from jaxdl.layers import dense
+
 METRICS = ("l2", "dot")
 Metric = Literal["l2", "dot"]
 
@@ -365,7 +367,9 @@ def prototype_min_distance_kernel(z, p, *, metric: Metric = "l2",
 def prototype_distance_map(z, p, *, metric: Metric = "l2"):
   """The full distance map d(z[n, hw], p[j]): [N, HW, P] float32, in plain jnp."""
   _check_inputs(z, p, metric)
-  s = jnp.einsum("nhd,jd->nhj", z, p, preferred_element_type=jnp.float32)
+  # One 2-D matmul on CPU: the einsum's prototype gradient, a contraction over (n, h), would
+  # transpose the cotangent (jaxdl.layers.dense).
+  s = dense.dot_general(z, p.T, (((2,), (0,)), ((), ())), preferred_element_type=jnp.float32)
   if metric == "dot":
     return -s
   z32, p32 = z.astype(jnp.float32), p.astype(jnp.float32)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -50,6 +51,8 @@ def _check_impl(impl):
 @contextlib.contextmanager
 def conv_impl(impl: str):
   """Within the block, `conv_general_dilated(impl=None)` traces with `impl`.
+
+  It also governs `jaxdl.layers.dense.dot_general` (dense contractions as 2-D matmuls).
 
   "auto": the fast formulations on CPU, the convolution elsewhere; "xla": always the
   convolution; "fast": the fast formulations on every backend. Read at trace time, so wrap
@@ -142,9 +145,25 @@ def _patch_matmul(x, rhs, window, precision, preferred_element_type):
     perm = (0,) + tuple(1 + 2 * i for i in range(n)) + tuple(2 + 2 * i for i in range(n))
     x = x.transpose(perm + (2 * n + 1,))
     x = x.reshape((x.shape[0],) + out_sizes + (-1,))
-  kernel = rhs.reshape((-1, rhs.shape[-1]))
-  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
-                         preferred_element_type=preferred_element_type)
+  return matmul_2d(x, rhs.reshape((-1, rhs.shape[-1])), 1, precision, preferred_element_type)
+
+
+def matmul_2d(lhs, rhs, num_contract: int = 1, precision=None,
+              preferred_element_type=None):
+  """lhs [*A, *K] times rhs [*K, *F] over the `num_contract` axes K, as one 2-D matmul.
+
+  With A as several axes, the kernel gradient (a contraction over all of A) is canonicalized
+  on XLA:CPU with a transpose of the cotangent that fuses into its producer as a strided
+  write; as [prod A, prod K] x [prod K, prod F] both gradients are plain matmuls (2.2-2.8x
+  faster backward, BENCHMARKS.md "Dense contractions on CPU").
+  """
+  a_shape = lhs.shape[:lhs.ndim - num_contract]
+  k = math.prod(lhs.shape[lhs.ndim - num_contract:])
+  f_shape = rhs.shape[num_contract:]
+  out = lax.dot_general(lhs.reshape((math.prod(a_shape), k)),
+                        rhs.reshape((k, math.prod(f_shape))), (((1,), (0,)), ((), ())),
+                        precision=precision, preferred_element_type=preferred_element_type)
+  return out.reshape(a_shape + f_shape)
 
 
 def depthwise_shifted(x, rhs, strides, preferred_element_type):

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxdl.layers import activation, get_initializer
+from jaxdl.layers import Dense, activation, get_initializer
 from jaxdl.layers.initializers import torch_uniform
 from jaxdl.models.registry import register
 
@@ -49,8 +49,8 @@ class MLP(nn.Module):
     else:
       kinit = get_initializer(self.weight_init, self.init_scale)
       binit = nn.initializers.zeros
-    return nn.Dense(features, use_bias=self.use_bias, kernel_init=kinit, bias_init=binit,
-                    dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    return Dense(features, use_bias=self.use_bias, kernel_init=kinit, bias_init=binit,
+                 dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
   @nn.compact
   def __call__(self, x, train: bool = False):

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl import errors
+from jaxdl.layers import Dense, DenseGeneral
 from jaxdl.models.registry import register
 
 
@@ -56,7 +57,7 @@ class ContextAttention(nn.Module):
       raise errors.ConfigError(
           f"PFN emsize {d} is not divisible by num_heads {self.num_heads}; choose them so.")
     hd = d // self.num_heads
-    dense = partial(nn.DenseGeneral, dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = partial(DenseGeneral, dtype=self.dtype, param_dtype=self.param_dtype)
     qkv = dense((3, self.num_heads, hd), name="qkv")(x)  # [B, T, 3, H, hd]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if context_rows is not None:
@@ -87,9 +88,9 @@ class Block(nn.Module):
     h = ContextAttention(self.num_heads, name="attn", **kw)(h, is_context, context_rows)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.LayerNorm(name="ln_2", **kw)(x)
-    h = nn.Dense(self.hidden, name="fc1", **kw)(h)
+    h = Dense(self.hidden, name="fc1", **kw)(h)
     h = nn.gelu(h, approximate=False)
-    h = nn.Dense(x.shape[-1], name="fc2", **kw)(h)
+    h = Dense(x.shape[-1], name="fc2", **kw)(h)
     return x + nn.Dropout(self.dropout, deterministic=not train)(h)
 
 
@@ -139,16 +140,16 @@ class PFN(nn.Module):
     is_context = context_mask(inputs["num_context"], x.shape[1])
     # A query's y is zeroed before the encoder, so it cannot leak into any output.
     y = jnp.where(is_context, y, 0.0)
-    h = nn.Dense(self.emsize, name="x_encoder", **kw)(x)
-    h_y = nn.Dense(self.emsize, name="y_encoder", **kw)(y[..., None])
+    h = Dense(self.emsize, name="x_encoder", **kw)(x)
+    h_y = Dense(self.emsize, name="y_encoder", **kw)(y[..., None])
     h = h + jnp.where(is_context[..., None], h_y, 0.0)
     for i in range(self.num_layers):
       h = Block(self.num_heads, self.hidden, self.dropout, name=f"blocks_{i}", **kw)(
           h, is_context, train, context_rows)
     h = nn.LayerNorm(name="norm", **kw)(h)
-    h = nn.Dense(self.decoder_hidden, name="decoder_fc1", **kw)(h)
+    h = Dense(self.decoder_hidden, name="decoder_fc1", **kw)(h)
     h = nn.gelu(h, approximate=False)
-    h = nn.Dense(self.num_classes, name="decoder_fc2", **kw)(h)
+    h = Dense(self.num_classes, name="decoder_fc2", **kw)(h)
     return h.astype(jnp.float32)
 
 
