@@ -11,6 +11,13 @@ predictive probabilities, and the median wall time per dataset (compilation excl
 each is warmed up on a first dataset of the same shape), and their ratio.
 
 `forward`: PFN forward-pass throughput (datasets per second) for a few context sizes.
+
+  python tools/bench_pfn.py train --model pfn_tabular --batch 16 --seq_len 128
+
+`train`: seconds per training step (forward + backward + AdamW, cross-entropy on the query
+rows, random data) with the dense layers as 2-D matmuls (`conv_impl("auto")` on CPU, the
+default) against the dot over [B, T, D] as flax writes it (`conv_impl("xla")`), compiled
+separately and timed in turns, median of --repeats x 5 steps; ratio > 1: the default faster.
 """
 
 from __future__ import annotations
@@ -147,9 +154,71 @@ def bench_forward(args):
       print(f"| {n} | {args.num_queries} | {batch} | {1e3 * med:.2f} | {batch / med:.0f} |")
 
 
+def bench_train(args):
+  import optax
+
+  from jaxdl import models
+  from jaxdl.layers.conv import conv_impl
+  from jaxdl.train.pfn import pfn_cross_entropy
+  overrides = dict(emsize=args.emsize, num_layers=args.num_layers, hidden=args.hidden,
+                   decoder_hidden=args.hidden)
+  model = models.create(args.model, **{k: v for k, v in overrides.items() if v})
+  b, t, f = args.batch, args.seq_len, args.num_features
+  rng = np.random.default_rng(0)
+  num_classes = model.num_classes
+  batch = {"inputs": {"x": jnp.asarray(rng.standard_normal((b, t, f), np.float32)),
+                      "y": jnp.asarray(rng.integers(0, num_classes, (b, t)), jnp.float32),
+                      "num_context": jnp.full((b,), t // 2, jnp.int32)},
+           "targets": jnp.asarray(rng.integers(0, num_classes, (b, t)), jnp.int32)}
+  params = jax.jit(model.init)(jax.random.key(0), batch["inputs"])["params"]
+  tx = optax.adamw(3e-4)
+  n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
+  print(f"{args.model}: {n_params / 1e6:.2f} M params, batch {b} x {t} rows x {f} features, "
+        f"backend {jax.default_backend()}")
+  steps = {}
+  for impl in ("auto", "xla"):
+    def step(params, opt_state, batch):  # a new function per impl: jit caches by function
+      def loss_fn(p):
+        return pfn_cross_entropy(model.apply({"params": p}, batch["inputs"]), batch)[0].mean()
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, loss
+    with conv_impl(impl):
+      t0 = time.perf_counter()
+      steps[impl] = jax.jit(step).lower(params, tx.init(params), batch).compile()
+      print(f"compile {impl}: {time.perf_counter() - t0:.1f} s")
+  state = {k: (params, tx.init(params)) for k in steps}
+
+  def run(k, n=5):
+    t0 = time.perf_counter()
+    for _ in range(n):
+      p, o, loss = steps[k](*state[k], batch)
+      state[k] = (p, o)
+    jax.block_until_ready(loss)
+    return (time.perf_counter() - t0) / n
+  for k in steps:
+    run(k, 1)
+  times = {k: [] for k in steps}
+  for _ in range(args.repeats):
+    for k in steps:
+      times[k].append(run(k))
+  med = {k: float(np.median(v)) for k, v in times.items()}
+  print("| model | batch x rows | 2-D dense (default) s/step | [B, T, D] dot s/step | ratio |")
+  print("|---|---|---:|---:|---:|")
+  print(f"| {args.model} | {b} x {t} | {med['auto']:.4f} | {med['xla']:.4f} | "
+        f"{med['xla'] / med['auto']:.2f}x |")
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("what", choices=["nuts", "forward"])
+  ap.add_argument("what", choices=["nuts", "forward", "train"])
+  ap.add_argument("--model", default="pfn_tabular", help="train: a registered PFN")
+  ap.add_argument("--batch", type=int, default=16, help="train: datasets per step")
+  ap.add_argument("--seq_len", type=int, default=128, help="train: rows per dataset")
+  ap.add_argument("--num_features", type=int, default=100, help="train")
+  ap.add_argument("--emsize", type=int, default=0, help="train: override (0: the model's)")
+  ap.add_argument("--num_layers", type=int, default=0, help="train: override")
+  ap.add_argument("--hidden", type=int, default=0, help="train: MLP widths override")
   ap.add_argument("--weights", default="bnn_cls")
   ap.add_argument("--sizes", default="5,20,50")
   ap.add_argument("--num_datasets", type=int, default=10)
@@ -160,7 +229,7 @@ def main():
   ap.add_argument("--seed", type=int, default=7)
   args = ap.parse_args()
   args.sizes = [int(s) for s in args.sizes.split(",")]
-  {"nuts": bench_nuts, "forward": bench_forward}[args.what](args)
+  {"nuts": bench_nuts, "forward": bench_forward, "train": bench_train}[args.what](args)
 
 
 if __name__ == "__main__":

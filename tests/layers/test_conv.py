@@ -111,3 +111,35 @@ def test_bad_impl_is_a_one_line_error():
   with pytest.raises(errors.ConfigError, match="impl"):
     with lc.conv_impl("cudnn"):
       pass
+
+
+def test_depthwise_custom_vjp_dtypes_1d_and_second_order():
+  """The stride-1 depthwise VJP: 1-D, bfloat16 in/out dtypes, and grad of grad vs the conv."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, 9, 4)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((5, 1, 4)), jnp.float32)
+  dn = ("NHC", "HIO", "NHC")
+
+  def f(x, w, impl):
+    return lc.conv_general_dilated(x, w, (1,), ((2, 2),), dimension_numbers=dn,
+                                   feature_group_count=4, impl=impl)
+
+  def loss(x, w, impl):
+    return jnp.sum(jnp.sin(f(x, w, impl)))
+
+  def grad_norm(x, w, impl):  # a gradient penalty: reverse over reverse
+    gx, gw = jax.grad(loss, argnums=(0, 1))(x, w, impl)
+    return jnp.sum(gx * gx) + jnp.sum(gw * gw)
+
+  for fn in (loss, grad_norm):
+    got = jax.grad(fn, argnums=(0, 1))(x, w, "fast")
+    want = jax.grad(fn, argnums=(0, 1))(x, w, "xla")
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  gx, gw = jax.grad(lambda x, w: jnp.sum(f(x, w, "fast").astype(jnp.float32)),
+                    argnums=(0, 1))(xb, wb)
+  assert gx.dtype == jnp.bfloat16 and gw.dtype == jnp.bfloat16
+  gx32, gw32 = jax.grad(lambda x, w: jnp.sum(f(x, w, "xla")), argnums=(0, 1))(x, w)
+  np.testing.assert_allclose(gx.astype(jnp.float32), gx32, rtol=3e-2, atol=3e-2)
+  np.testing.assert_allclose(gw.astype(jnp.float32), gw32, rtol=3e-2, atol=3e-2)
