@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from jaxdl.layers import get_initializer, sow_relu
 from jaxdl.layers.conv import Conv
+from jaxdl.layers.pool import max_pool
 from jaxdl.models.registry import register
 
 
@@ -59,7 +60,7 @@ class CNN(nn.Module):
         x = sow_relu(self, x, f"{name}_relu")
       if self.features_only and s == len(self.features) - 1:
         return x
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+      x = max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
     x = jnp.mean(x, axis=(1, 2)) if self.global_pool else x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.dense):
       x = nn.Dense(width, kernel_init=kinit, dtype=self.dtype, param_dtype=self.param_dtype,

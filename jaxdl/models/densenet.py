@@ -42,6 +42,7 @@ from jaxdl.layers import sow_relu
 from jaxdl.layers.conv import Conv, conv_general_dilated
 from jaxdl.layers.inputs import check_images
 from jaxdl.layers.norm import batch_norm
+from jaxdl.layers.pool import max_pool
 from jaxdl.layers.remat import recompute_in_backward
 from jaxdl.models.registry import register
 
@@ -286,7 +287,7 @@ class DenseNet(nn.Module):
       x = Conv(num_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                use_bias=False, kernel_init=_conv_init, name="conv0", **kw)(x)
       x = sow_relu(self, batch_norm(train, "norm0", **kw)(x), "relu0")
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = Conv(num_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                kernel_init=_conv_init, name="conv0", **kw)(x)

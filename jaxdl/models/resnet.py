@@ -36,6 +36,7 @@ from jaxdl.layers import sow_relu
 from jaxdl.layers.conv import Conv
 from jaxdl.layers.inputs import check_images
 from jaxdl.layers.norm import batch_norm
+from jaxdl.layers.pool import max_pool
 from jaxdl.models.registry import register
 
 # timm: kaiming_normal_(mode="fan_out", nonlinearity="relu").
@@ -151,7 +152,7 @@ class ResNet(nn.Module):
       raise errors.ConfigError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
     x = sow_relu(self, batch_norm(train, "bn1", **kw)(x), "act1")
     if self.stem == "imagenet":
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for s, n in enumerate(self.stage_sizes):
       for b in range(n):
         stride = 2 if s > 0 and b == 0 else 1

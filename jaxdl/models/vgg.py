@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jaxdl.layers import sow_relu
 from jaxdl.layers.conv import Conv
 from jaxdl.layers.inputs import check_images
+from jaxdl.layers.pool import max_pool
 from jaxdl.models.registry import register
 
 CFGS = {
@@ -83,7 +84,7 @@ class VGG(nn.Module):
     idx = 0
     for v in self.cfg:
       if v == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, (2, 2), strides=(2, 2))
         idx += 1
         continue
       x = Conv(int(v), (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
