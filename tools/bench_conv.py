@@ -19,6 +19,12 @@ axes as they are, impl="fast" the same dot on [prod A, K] (one 2-D matmul). The 
 here takes the cotangent from an elementwise op (max(g * s + 1, 0), as a BatchNorm / ReLU
 backward would produce it): in a network that producer is where XLA:CPU fuses the
 transpose it inserts for the 4-D dot's kernel gradient.
+
+  PYTHONPATH=. python tools/bench_conv.py --pool --repeats 7
+
+Max pooling (POOL_SHAPES): `jaxdl.layers.pool.max_pool` with impl="xla" (`nn.max_pool`,
+XLA's reduce-window and its gradient) and impl="fast" (the custom VJP); "bwd" is the VJP
+(forward + backward), GB/s counts the input read once and its gradient written once.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 
 from jaxdl.layers import conv as lc
 from jaxdl.layers import dense as ld
+from jaxdl.layers import pool as lp
 
 DN = ("NHWC", "HWIO", "NHWC")
 # name, input [N, H, W, C], kernel [kh, kw, C/groups, O], strides, padding, groups
@@ -59,6 +66,12 @@ DENSE_SHAPES = [
     ("pfn_tabular MLP fc1", (64, 1024, 128), (128, 256)),
     ("protopnet distances (VGG-16 7x7, 2000 prototypes)", (80, 49, 128), (128, 2000)),
 ]
+# name, input [N, H, W, C], window, strides, padding
+POOL_SHAPES = [
+    ("resnet50 / densenet121 stem 3x3/2", (8, 112, 112, 64), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ("vgg16 block1 2x2/2", (8, 224, 224, 64), (2, 2), (2, 2), "VALID"),
+    ("protopnet vgg16 block3 2x2/2 (batch 80)", (80, 56, 56, 256), (2, 2), (2, 2), "VALID"),
+]
 
 
 def _timed(f, args):
@@ -72,11 +85,27 @@ def main():
   p.add_argument("--repeats", type=int, default=7)
   p.add_argument("--dense", action="store_true",
                  help="time the dense contractions (DENSE_SHAPES) instead of the convolutions")
+  p.add_argument("--pool", action="store_true", help="time max pooling (POOL_SHAPES)")
   args = p.parse_args()
   print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), "
         f"repeats {args.repeats} (median)")
   print("| layer | pass | xla ms | fast ms | xla GFLOP/s | fast GFLOP/s | xla / fast |")
   print("|---|---|---:|---:|---:|---:|---:|")
+  if args.pool:
+    print("(GFLOP/s columns: GB/s of input read + gradient written)")
+    for name, xs, window, strides, padding in POOL_SHAPES:
+      x = jax.random.normal(jax.random.key(0), xs)
+      fwd, bwd = {}, {}
+      for impl in ("xla", "fast"):
+        def f(x, impl=impl):
+          return lp.max_pool(x, window, strides, padding, impl=impl)
+        fwd[impl] = jax.jit(f)
+        bwd[impl] = jax.jit(lambda x, g, f=f: jax.vjp(f, x)[1](g)[0])
+      g = jnp.ones(jax.eval_shape(fwd["xla"], x).shape)
+      nbytes = 4 * int(np.prod(xs))
+      _report(name, (("fwd", fwd, (x,), nbytes), ("bwd", bwd, (x, g), 2 * nbytes)),
+              args.repeats)
+    return
   if args.dense:
     for name, xs, ws in DENSE_SHAPES:
       x = jax.random.normal(jax.random.key(0), xs)
