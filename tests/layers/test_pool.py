@@ -34,10 +34,11 @@ def test_values_and_gradients_equal_nn_max_pool(case):
   np.testing.assert_array_equal(y, y_ref)
   g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=1e-6, atol=1e-6)
-  # Reverse over reverse (the backward is made of differentiable ops).
-  gg = jax.grad(lambda x: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x) ** 2))(x)
-  gg_ref = jax.grad(lambda x: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.sin(ref_f(x))))(x) ** 2))(x)
-  np.testing.assert_allclose(gg, gg_ref, rtol=1e-5, atol=1e-5)
+  if case is CASES[0]:  # reverse over reverse (the backward is made of differentiable ops)
+    def penalty(fn):
+      return jax.jit(jax.grad(
+          lambda x: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.sin(fn(x))))(x) ** 2)))
+    np.testing.assert_allclose(penalty(f)(x), penalty(ref_f)(x), rtol=1e-5, atol=1e-5)
 
 
 def test_ties_send_the_gradient_to_the_first_maximum():
