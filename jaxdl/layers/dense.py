@@ -5,9 +5,9 @@ input with the first of the kernel. Its kernel gradient then contracts over all 
 axes (B, T) at once, and XLA:CPU canonicalizes that dot with a transpose of the cotangent
 into [F, B*T]; the transpose fuses into the elementwise producer of the cotangent (the
 backward of a BatchNorm / LayerNorm / GELU) as a strided write. Flattening the leading axes
-first makes both gradients plain 2-D matmuls that need no transpose: the backward of a
-[8, 56, 56, 64] x [64, 256] layer runs 2.8x faster, a [8, 1152, 512] x [512, 1024] layer 2.2x
-(BENCHMARKS.md, "Dense contractions on CPU"). Values are those of the dot up to float32
+first makes both gradients plain 2-D matmuls that need no transpose: backward passes of the
+model zoo's 1x1 layers, PFN MLPs and prototype distances run 1.5-3.3x faster
+(`tools/bench_conv.py --dense`, BENCHMARKS.md "Dense contractions on CPU"). Values are those of the dot up to float32
 summation order.
 
 Use it as `nn.Dense(..., dot_general=jaxdl.layers.dot_general)`; `jaxdl.layers.Dense` and
@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
-import jax
 from jax import lax
 
 from jaxdl.layers import conv as _conv
@@ -35,13 +34,10 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
   A contraction of the trailing axes of `lhs` with the leading axes of `rhs` (in order,
   no batch axes) becomes `matmul_2d` on CPU; any other call is passed through.
   """
-  impl = _conv._default_impl[-1] if impl is None else impl
-  _conv._check_impl(impl)
   (lc, rc), (lb, rb) = dimension_numbers
   lc, rc = tuple(lc), tuple(rc)
   n = len(lc)
-  use_2d = (impl == "fast" or (impl == "auto" and jax.default_backend() == "cpu"))
-  if (use_2d and not kwargs and not lb and not rb and n >= 1
+  if (_conv._use_fast(impl) and not kwargs and not lb and not rb and n >= 1
       and lc == tuple(range(lhs.ndim - n, lhs.ndim)) and rc == tuple(range(n))):
     return matmul_2d(lhs, rhs, n, precision, preferred_element_type)
   return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,

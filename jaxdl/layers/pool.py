@@ -3,7 +3,7 @@
 `flax.linen.max_pool` is `lax.reduce_window(max)`. Its gradient on XLA:CPU is a variadic
 reduce-window that carries the window position of the maximum through four full-size int32
 iota arrays, then a scatter (the ResNet-50 / DenseNet-121 stem pool on [8, 112, 112, 64]:
-BENCHMARKS.md "Max pooling on CPU"). Here, on CPU:
+BENCHMARKS.md "Depthwise and max-pool gradients on CPU"). Here, on CPU:
 
 - forward under differentiation: the maximum over the K*K strided slices of the (-inf)
   padded input, one fused loop, which also records which tap held the maximum (the first
@@ -37,11 +37,9 @@ from jaxdl.layers import conv as _conv
 def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] | None = None,
              padding="VALID", *, impl: str | None = None):
   """`nn.max_pool(x, window_shape, strides, padding)` for channels-last x [N, *S, C]."""
-  impl = _conv._default_impl[-1] if impl is None else impl
-  _conv._check_impl(impl)
   window = tuple(window_shape)
   strides = tuple(strides) if strides is not None else (1,) * len(window)
-  if impl == "xla" or (impl == "auto" and jax.default_backend() != "cpu"):
+  if not _conv._use_fast(impl):
     return nn.max_pool(x, window, strides, padding)
   if x.ndim != len(window) + 2 or len(strides) != len(window):
     raise errors.ShapeError(f"max_pool takes x [N, *spatial, C] with one window size and "
@@ -56,24 +54,17 @@ def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] | None = Non
   return _max_pool(x, window, strides, pads)
 
 
-def _taps(xp, window, strides, out_sizes):
-  for offset in itertools.product(*(range(k) for k in window)):
-    sl = (slice(None),) + tuple(slice(o, o + st * (size - 1) + 1, st)
-                                for o, st, size in zip(offset, strides, out_sizes))
-    yield offset, xp[sl]
-
-
 def _forward(x, window, strides, pads):
   neg = jnp.array(-jnp.inf, x.dtype)
   xp = lax.pad(x, neg, ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),))
   out_sizes = _conv._output_sizes(xp, window, strides)
-  taps = list(_taps(xp, window, strides, out_sizes))
+  taps = list(_conv._shifted_terms(xp, window, strides, out_sizes))
   y = functools.reduce(jnp.maximum, (t for _, t in taps))
   # The first tap in window order that holds the maximum (scan backwards, keep the lowest).
   idx = jnp.full(y.shape, len(taps) - 1, jnp.int8 if len(taps) < 128 else jnp.int32)
   for k in range(len(taps) - 2, -1, -1):
     idx = jnp.where(taps[k][1] == y, jnp.asarray(k, idx.dtype), idx)
-  return y, idx, xp.shape
+  return y, idx
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -84,7 +75,7 @@ def _max_pool(x, window, strides, pads):
 
 
 def _max_pool_fwd(x, window, strides, pads):
-  y, idx, _ = _forward(x, window, strides, pads)
+  y, idx = _forward(x, window, strides, pads)
   return y, (idx, x.shape)
 
 
