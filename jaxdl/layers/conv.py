@@ -1,7 +1,7 @@
-"""`lax.conv_general_dilated` with faster formulations of three common cases on XLA:CPU.
+"""`lax.conv_general_dilated` with faster formulations of four common cases on XLA:CPU.
 
 XLA:CPU runs every convolution through its generic (Eigen) convolution, whose backward
-passes are slow. Three cases have an exact, cheaper formulation as matmuls or fused
+passes are slow. Four cases have an exact, cheaper formulation as matmuls or fused
 elementwise loops, measured on 2 cores (tools/bench_conv.py, BENCHMARKS.md "Convolutions
 on CPU"):
 
@@ -14,9 +14,13 @@ on CPU"):
   multiply-adds accumulated in float32, which XLA fuses into one loop (XLA:CPU's grouped
   convolution is a slow generic loop: 11-39x slower forward for MobileNetV2's and RDNet's
   layers).
+- dense stride-1 (one group, e.g. DenseNet's and ResNet's 3x3): the convolution forward,
+  a custom VJP backward whose kernel and input gradients are two matmuls over a
+  tap-replicated cotangent, a few images at a time (`conv_stride1`; 1.3-2.3x faster
+  backward for DenseNet-121's, ResNet-50's, VGG-16's and DenseNet-BC's 3x3 layers).
 
 Everything else, and every backend other than CPU under `impl="auto"`, goes to
-`lax.conv_general_dilated` unchanged: GPUs/TPUs have fast convolutions for all three.
+`lax.conv_general_dilated` unchanged: GPUs/TPUs have fast convolutions for all four.
 Values equal the convolution's up to float32 summation order (tests/layers/test_conv.py,
 against float64).
 
@@ -119,6 +123,9 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
     x = _pad(lhs, pads)
     x = x[(slice(None),) + tuple(slice(None, None, s) for s in strides)]
     return _patch_matmul(x, rhs, window, precision, preferred_element_type)
+  if (feature_group_count == 1 and all(s == 1 for s in strides)
+      and all(lo >= 0 and hi >= 0 for lo, hi in pads)):
+    return conv_stride1(lhs, rhs, pads, dn, precision, preferred_element_type)
   return conv()
 
 
@@ -170,6 +177,106 @@ def matmul_2d(lhs, rhs, num_contract: int = 1, precision=None,
                         rhs.reshape((k, math.prod(f_shape))), (((1,), (0,)), ((), ())),
                         precision=precision, preferred_element_type=preferred_element_type)
   return out.reshape(a_shape + f_shape)
+
+
+# Bytes of the tap-replicated cotangent per chunk of images in `conv_stride1`'s backward
+# pass: small enough that it and its operands stay in the last-level cache between the two
+# matmuls that read it (BENCHMARKS.md "Dense KxK convolution gradients on CPU").
+_TAP_CHUNK_BYTES = 8 * 2**20
+
+
+def conv_stride1(x, rhs, pads, dn, precision=None, preferred_element_type=None):
+  """Stride-1, one-group convolution of x [N, *S, C] with rhs [*K, C, F]: custom VJP on CPU.
+
+  The forward pass is `lax.conv_general_dilated`. The backward pass replaces XLA:CPU's
+  convolution gradients (its kernel gradient runs at ~20 GFLOP/s on 2 cores, a quarter of
+  its forward) by two matmuls per chunk of images over the tap-replicated cotangent
+  G[n, q, k, f] = g[n, q + lo - k, f] (q a position of the input, k a kernel tap, lo the
+  low padding):
+
+    kernel gradient  dW[k, c, f] = sum_{n, q} x[n, q, c] G[n, q, k, f]
+    input gradient   dx[n, q, c] = sum_{k, f} G[n, q, k, f] W[k, c, f]
+
+  G is K*K times the cotangent, so it is built and consumed a few images at a time (a scan
+  over chunks of at most `_TAP_CHUNK_BYTES`) to stay in cache. It pays off when the output
+  has no more channels than the input (DenseNet's 3x3 C -> k, ResNet's C -> C); values
+  equal the convolution's gradients up to float32 summation order. As with the depthwise
+  VJP, forward-mode autodiff through it raises; trace under `conv_impl("xla")` for that.
+  """
+  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  return _conv_s1_vjp(x, rhs, pads, dn, precision, preferred_element_type)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_s1_vjp(x, rhs, pads, dn, precision, preferred_element_type):
+  return lax.conv_general_dilated(x, rhs, (1,) * (x.ndim - 2), pads, dimension_numbers=dn,
+                                  precision=precision,
+                                  preferred_element_type=preferred_element_type)
+
+
+def _conv_s1_fwd(x, rhs, pads, dn, precision, preferred_element_type):
+  return _conv_s1_vjp(x, rhs, pads, dn, precision, preferred_element_type), (x, rhs)
+
+
+def _replicate_taps(g, window, pads):
+  """g [N, *O, F] -> G [N, *S, *K, F], G[n, q, k, f] = g[n, q + lo - k, f] (0 outside g).
+
+  q runs over the unpadded input positions (S = O + K - 1 - lo - hi): the padded ones meet
+  only zeros of x in the kernel gradient and are cropped from the input gradient.
+  """
+  n = g.ndim - 2
+  zero = jnp.zeros((), g.dtype)
+  for axis in reversed(range(n)):
+    k, (lo, hi) = window[axis], pads[axis]
+    widths = [(0, 0, 0)] * g.ndim
+    terms = []
+    for t in range(k):
+      widths[1 + axis] = (t - lo, k - 1 - t - hi, 0)
+      terms.append(lax.pad(g, zero, widths))
+    g = jnp.stack(terms, axis=n + 1)
+  return g
+
+
+def _chunk_size(batch: int, per_image_bytes: int) -> int:
+  """The largest divisor of `batch` whose chunk stays within `_TAP_CHUNK_BYTES` (at least 1)."""
+  fits = [d for d in range(1, batch + 1)
+          if batch % d == 0 and d * per_image_bytes <= _TAP_CHUNK_BYTES]
+  return max(fits, default=1)
+
+
+def _conv_s1_bwd(pads, dn, precision, preferred_element_type, res, g):
+  del dn, preferred_element_type
+  x, rhs = res
+  n = x.ndim - 2
+  window, c, f = rhs.shape[:n], rhs.shape[n], rhs.shape[n + 1]
+  taps = math.prod(window)
+  dtype = jnp.result_type(x, rhs, g)
+  acc = jnp.promote_types(dtype, jnp.float32)
+  g = g.astype(dtype)
+  wm = jnp.swapaxes(rhs.reshape(taps, c, f), 1, 2).reshape(taps * f, c).astype(dtype)
+  per_image = math.prod(x.shape[1:-1]) * taps * f * jnp.dtype(dtype).itemsize
+  chunk = _chunk_size(x.shape[0], per_image)
+
+  def one_chunk(dw, xc, gc):
+    gt = _replicate_taps(gc, window, pads).reshape(-1, taps * f)
+    dw = dw + lax.dot_general(xc.astype(dtype).reshape(-1, c), gt, (((0,), (0,)), ((), ())),
+                              precision=precision, preferred_element_type=acc)
+    dx = lax.dot_general(gt, wm, (((1,), (0,)), ((), ())), precision=precision,
+                         preferred_element_type=acc)
+    return dw, dx.reshape(xc.shape).astype(x.dtype)
+
+  dw0 = jnp.zeros((c, taps * f), acc)
+  if chunk == x.shape[0]:
+    dw, dx = one_chunk(dw0, x, g)
+  else:
+    split = lambda a: a.reshape((a.shape[0] // chunk, chunk) + a.shape[1:])
+    dw, dx = lax.scan(lambda dw, xg: one_chunk(dw, *xg), dw0, (split(x), split(g)))
+    dx = dx.reshape(x.shape)
+  drhs = jnp.moveaxis(dw.reshape(c, taps, f), 0, 1).reshape(rhs.shape).astype(rhs.dtype)
+  return dx, drhs
+
+
+_conv_s1_vjp.defvjp(_conv_s1_fwd, _conv_s1_bwd)
 
 
 def depthwise_shifted(x, rhs, strides, preferred_element_type):

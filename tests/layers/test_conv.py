@@ -45,7 +45,10 @@ CASES = [
     ("depthwise 3x3", (2, 8, 9, 6), (3, 3, 1, 6), (1, 1), ((1, 1), (1, 1)), 6),
     ("depthwise 5x5 stride 2", (2, 11, 10, 4), (5, 5, 1, 4), (2, 2), ((2, 2), (2, 2)), 4),
     ("depthwise 3x3 stride 2 SAME even", (1, 8, 8, 3), (3, 3, 1, 3), (2, 2), "SAME", 3),
-    ("3x3 (fallback)", (2, 6, 6, 4), (3, 3, 4, 5), (1, 1), "SAME", 1),
+    ("3x3 stride 1 (conv forward, custom VJP)", (2, 6, 6, 4), (3, 3, 4, 5), (1, 1), "SAME", 1),
+    ("5x3 stride 1 asymmetric pads (conv forward, custom VJP)", (2, 7, 6, 3), (5, 3, 3, 4),
+     (1, 1), ((0, 3), (2, 1)), 1),
+    ("3x3 stride 2 (fallback)", (2, 7, 7, 4), (3, 3, 4, 5), (2, 2), "SAME", 1),
     ("grouped (fallback)", (2, 6, 6, 4), (3, 3, 2, 6), (1, 1), "SAME", 2),
 ]
 
@@ -70,9 +73,11 @@ def test_fast_and_xla_match_float64_values_and_gradients(case):
     grads[impl] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
   for a, b in zip(grads["xla"], grads["fast"]):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-  # The fast formulations really avoid the convolution (and the fallbacks keep it).
+  # The fast formulations really avoid the convolution (and the fallbacks keep it); dense
+  # stride-1 convolutions keep it forward, under a custom VJP.
   jaxpr = str(jax.make_jaxpr(f, static_argnums=2)(x, w, "fast"))
-  assert ("conv_general_dilated" in jaxpr) == ("fallback" in name)
+  assert ("conv_general_dilated" in jaxpr) == ("fallback" in name or "custom VJP" in name)
+  assert ("custom_vjp_call" in jaxpr) == ("custom VJP" in name or "depthwise 3x3" == name)
 
 
 def test_one_dimensional_pointwise_and_dilated_fallback():
@@ -143,3 +148,64 @@ def test_depthwise_custom_vjp_dtypes_1d_and_second_order():
   gx32, gw32 = jax.grad(lambda x, w: jnp.sum(f(x, w, "xla")), argnums=(0, 1))(x, w)
   np.testing.assert_allclose(gx.astype(jnp.float32), gx32, rtol=3e-2, atol=3e-2)
   np.testing.assert_allclose(gw.astype(jnp.float32), gw32, rtol=3e-2, atol=3e-2)
+
+
+STRIDE1_CASES = [  # x shape, kernel shape, pads, dimension numbers
+    ((3, 11, 5), (4, 5, 6), ((2, 1),), ("NHC", "HIO", "NHC")),
+    ((2, 3, 5, 4, 2), (3, 2, 3, 2, 3), ((1, 1), (0, 1), (2, 0)), ("NDHWC", "DHWIO", "NDHWC")),
+    ((2, 3, 4, 2), (5, 5, 2, 3), ((2, 2), (2, 2)), DN),  # kernel larger than the input
+]
+
+
+@pytest.mark.parametrize("case", STRIDE1_CASES, ids=["1-D", "3-D", "kernel > input"])
+def test_stride1_vjp_scan_over_images_1d_3d_dtypes_and_second_order(monkeypatch, case):
+  """The dense stride-1 VJP with its scan over single images (the CASES above take the
+  one-chunk path), against the float64 convolution's gradients; for 1-D also bfloat16 and
+  grad of grad against the convolution."""
+  monkeypatch.setattr(lc, "_TAP_CHUNK_BYTES", 1)
+  xs, ws, pads, dn = case
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal(xs), jnp.float32)
+  w = jnp.asarray(rng.standard_normal(ws), jnp.float32)
+  ones = (1,) * (x.ndim - 2)
+
+  def f(x, w, impl):
+    return lc.conv_general_dilated(x, w, ones, pads, dimension_numbers=dn, impl=impl)
+
+  def loss(x, w, impl):
+    return jnp.sum(jnp.sin(f(x, w, impl)))
+
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, w, "fast"))
+  assert "custom_vjp_call" in jaxpr and "scan" in jaxpr
+  with jax.enable_x64(True):
+    ref = jax.grad(loss, argnums=(0, 1))(x.astype(jnp.float64), w.astype(jnp.float64), "xla")
+  got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, w, "fast")
+  for a, b in zip(got, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  if x.ndim != 3:
+    return
+
+  def grad_norm(x, w, impl):  # a gradient penalty: reverse over reverse
+    gx, gw = jax.grad(loss, argnums=(0, 1))(x, w, impl)
+    return jnp.sum(gx * gx) + jnp.sum(gw * gw)
+
+  second = jax.jit(jax.grad(grad_norm, argnums=(0, 1)), static_argnums=2)
+  for a, b in zip(second(x, w, "fast"), second(x, w, "xla")):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  gx, gw = jax.grad(lambda x, w: jnp.sum(f(x, w, "fast").astype(jnp.float32)),
+                    argnums=(0, 1))(xb, wb)
+  assert gx.dtype == jnp.bfloat16 and gw.dtype == jnp.bfloat16
+  gx32, gw32 = jax.grad(lambda x, w: jnp.sum(f(x, w, "xla")), argnums=(0, 1))(x, w)
+  scale = max(float(jnp.max(jnp.abs(gx32))), float(jnp.max(jnp.abs(gw32))))
+  np.testing.assert_allclose(gx.astype(jnp.float32), gx32, atol=2e-2 * scale)
+  np.testing.assert_allclose(gw.astype(jnp.float32), gw32, atol=2e-2 * scale)
+
+
+def test_chunk_size_is_the_largest_divisor_within_budget(monkeypatch):
+  monkeypatch.setattr(lc, "_TAP_CHUNK_BYTES", 100)
+  assert lc._chunk_size(8, 30) == 2  # 3 does not divide 8, 4 * 30 > 100
+  assert lc._chunk_size(12, 25) == 4
+  assert lc._chunk_size(7, 30) == 1
+  assert lc._chunk_size(5, 1000) == 1  # one image over the budget: still one at a time
+  assert lc._chunk_size(6, 10) == 6
