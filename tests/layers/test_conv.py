@@ -48,6 +48,10 @@ CASES = [
     ("3x3 stride 1 (conv forward, custom VJP)", (2, 6, 6, 4), (3, 3, 4, 5), (1, 1), "SAME", 1),
     ("5x3 stride 1 asymmetric pads (conv forward, custom VJP)", (2, 7, 6, 3), (5, 3, 3, 4),
      (1, 1), ((0, 3), (2, 1)), 1),
+    ("3x3 stride 1 F <= C/2 (tap sum, custom VJP)", (2, 6, 5, 8), (3, 3, 8, 3), (1, 1),
+     "SAME", 1),
+    ("3x2 stride 1 F <= C/2 padded (tap sum, custom VJP)", (2, 5, 6, 6), (3, 2, 6, 2),
+     (1, 1), ((0, 2), (1, 0)), 1),
     ("3x3 stride 2 (fallback)", (2, 7, 7, 4), (3, 3, 4, 5), (2, 2), "SAME", 1),
     ("grouped (fallback)", (2, 6, 6, 4), (3, 3, 2, 6), (1, 1), "SAME", 2),
 ]
@@ -76,7 +80,8 @@ def test_fast_and_xla_match_float64_values_and_gradients(case):
   # The fast formulations really avoid the convolution (and the fallbacks keep it); dense
   # stride-1 convolutions keep it forward, under a custom VJP.
   jaxpr = str(jax.make_jaxpr(f, static_argnums=2)(x, w, "fast"))
-  assert ("conv_general_dilated" in jaxpr) == ("fallback" in name or "custom VJP" in name)
+  assert ("conv_general_dilated" in jaxpr) == (
+      "fallback" in name or ("custom VJP" in name and "tap sum" not in name))
   assert ("custom_vjp_call" in jaxpr) == ("custom VJP" in name or "depthwise 3x3" == name)
 
 
@@ -152,16 +157,16 @@ def test_depthwise_custom_vjp_dtypes_1d_and_second_order():
 
 STRIDE1_CASES = [  # x shape, kernel shape, pads, dimension numbers
     ((3, 11, 5), (4, 5, 6), ((2, 1),), ("NHC", "HIO", "NHC")),
-    ((2, 3, 5, 4, 2), (3, 2, 3, 2, 3), ((1, 1), (0, 1), (2, 0)), ("NDHWC", "DHWIO", "NDHWC")),
-    ((2, 3, 4, 2), (5, 5, 2, 3), ((2, 2), (2, 2)), DN),  # kernel larger than the input
-]
+    ((2, 3, 5, 4, 4), (3, 2, 3, 4, 2), ((1, 1), (0, 1), (2, 0)), ("NDHWC", "DHWIO", "NDHWC")),
+    ((1, 3, 4, 6), (5, 5, 6, 3), ((2, 2), (2, 2)), DN),  # kernel > input, one image
+]  # the 3-D and 2-D cases have F <= C / 2: their forward pass is the tap sum
 
 
 @pytest.mark.parametrize("case", STRIDE1_CASES, ids=["1-D", "3-D", "kernel > input"])
 def test_stride1_vjp_scan_over_images_1d_3d_dtypes_and_second_order(monkeypatch, case):
-  """The dense stride-1 VJP with its scan over single images (the CASES above take the
-  one-chunk path), against the float64 convolution's gradients; for 1-D also bfloat16 and
-  grad of grad against the convolution."""
+  """The dense stride-1 VJP with its scan over single images (one chunk without a scan for a
+  batch of one), values and gradients against the float64 convolution; for 1-D also
+  bfloat16 and grad of grad against the convolution."""
   monkeypatch.setattr(lc, "_TAP_CHUNK_BYTES", 1)
   xs, ws, pads, dn = case
   rng = np.random.default_rng(4)
@@ -176,9 +181,11 @@ def test_stride1_vjp_scan_over_images_1d_3d_dtypes_and_second_order(monkeypatch,
     return jnp.sum(jnp.sin(f(x, w, impl)))
 
   jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, w, "fast"))
-  assert "custom_vjp_call" in jaxpr and "scan" in jaxpr
+  assert "custom_vjp_call" in jaxpr and ("scan" in jaxpr) == (xs[0] > 1)
   with jax.enable_x64(True):
-    ref = jax.grad(loss, argnums=(0, 1))(x.astype(jnp.float64), w.astype(jnp.float64), "xla")
+    x64, w64 = x.astype(jnp.float64), w.astype(jnp.float64)
+    ref = jax.grad(loss, argnums=(0, 1))(x64, w64, "xla")
+    np.testing.assert_allclose(f(x, w, "fast"), f(x64, w64, "xla"), rtol=1e-5, atol=1e-5)
   got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, w, "fast")
   for a, b in zip(got, ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
