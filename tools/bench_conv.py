@@ -5,11 +5,12 @@
 For each layer shape taken from the model zoo, times the jitted forward pass and the
 backward pass (the VJP: gradients with respect to input and kernel for a given cotangent) of
 `jaxdl.layers.conv.conv_general_dilated` with impl="xla" (the convolution) and impl="fast"
-(pointwise / patchify as matmuls, depthwise as shifted multiply-adds), alternating the two
+(pointwise / patchify as matmuls, depthwise as shifted multiply-adds, dense stride-1 with
+the tap-sum forward and the tap-replicated-cotangent VJP), alternating the two
 call by call after a warm-up, median of --repeats. Reports ms, GFLOP/s of the layer's
 multiply-adds (2 * MACs forward, 4 * MACs backward) and the ratio xla / fast
 (> 1: the fast formulation is faster). Shapes marked "control" take the convolution in
-both (3x3 dense), so their ratio shows the measurement noise.
+both (3x3 dense, stride 2), so their ratio shows the measurement noise.
 
   PYTHONPATH=. python tools/bench_conv.py --dense --repeats 7
 
@@ -53,8 +54,14 @@ SHAPES = [
     ("rdnet_tiny depthwise 7x7", (8, 56, 56, 64), (7, 7, 1, 64), 1, "SAME", 64),
     ("mobilenetv2 depthwise 3x3", (8, 56, 56, 144), (3, 3, 1, 144), 1, "SAME", 144),
     ("mobilenetv2 depthwise 3x3/2", (8, 56, 56, 144), (3, 3, 1, 144), 2, "SAME", 144),
-    ("resnet50 layer1 3x3 (control)", (8, 56, 56, 64), (3, 3, 64, 64), 1, "SAME", 1),
-    ("densenet_bc_100 3x3 (control)", (32, 32, 32, 48), (3, 3, 48, 12), 1, "SAME", 1),
+    ("densenet121 block1 3x3 (128 -> 32)", (8, 56, 56, 128), (3, 3, 128, 32), 1, "SAME", 1),
+    ("densenet121 block3 3x3 (128 -> 32)", (8, 14, 14, 128), (3, 3, 128, 32), 1, "SAME", 1),
+    ("densenet_bc_100 3x3 (48 -> 12)", (32, 32, 32, 48), (3, 3, 48, 12), 1, "SAME", 1),
+    ("resnet50 layer1 3x3", (8, 56, 56, 64), (3, 3, 64, 64), 1, "SAME", 1),
+    ("resnet50 layer3 3x3", (8, 14, 14, 256), (3, 3, 256, 256), 1, "SAME", 1),
+    ("resnet50 layer4 3x3", (8, 7, 7, 512), (3, 3, 512, 512), 1, "SAME", 1),
+    ("resnet50 layer2 3x3/2 (control)", (8, 56, 56, 128), (3, 3, 128, 128), 2, ((1, 1), (1, 1)),
+     1),
 ]
 # name, input [*A, K], kernel [K, F]
 DENSE_SHAPES = [

@@ -191,6 +191,10 @@ def test_stride1_vjp_scan_over_images_1d_3d_dtypes_and_second_order(monkeypatch,
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
   if x.ndim != 3:
     return
+  # Per-example kernel gradients (vmap of grad, as gradient-noise measurements take them).
+  per_example = lambda impl: jax.vmap(
+      lambda xi: jax.grad(loss, argnums=1)(xi[None], w, impl))(x)
+  np.testing.assert_allclose(per_example("fast"), per_example("xla"), rtol=1e-4, atol=1e-4)
 
   def grad_norm(x, w, impl):  # a gradient penalty: reverse over reverse
     gx, gw = jax.grad(loss, argnums=(0, 1))(x, w, impl)
