@@ -268,6 +268,26 @@ def _replicate_taps(g, window, pads):
   return g
 
 
+def scan_batch_chunks(fn, carry, xs, per_image_bytes: int):
+  """`carry, y = fn(carry, *chunks)` over chunks of the batch (leading) axis of the arrays xs.
+
+  Chunks hold as many images as fit `_TAP_CHUNK_BYTES` of `per_image_bytes` each, and there
+  are at least two when the batch has two images: a `lax.scan` whose operands XLA
+  materializes. Outside a loop, XLA:CPU fuses the producer of a cotangent into a consumer that
+  reads it once per kernel tap and recomputes it each time (in a DenseNet, the sum of the
+  later layers' BatchNorm-backward slices: +0.5 s per DenseNet-121 step);
+  `lax.optimization_barrier` does not survive its pipeline. Returns the final carry and the
+  chunks' y concatenated back along the batch axis.
+  """
+  batch = xs[0].shape[0]
+  chunk = _chunk_size(batch, per_image_bytes, max_chunk=max(1, batch // 2))
+  if chunk == batch:
+    return fn(carry, *xs)
+  split = lambda a: a.reshape((batch // chunk, chunk) + a.shape[1:])
+  carry, ys = lax.scan(lambda c, xc: fn(c, *xc), carry, tuple(split(a) for a in xs))
+  return carry, jax.tree.map(lambda y: y.reshape((batch,) + y.shape[2:]), ys)
+
+
 def _chunk_size(batch: int, per_image_bytes: int, max_chunk: int | None = None) -> int:
   """The largest divisor of `batch` (<= max_chunk) within `_TAP_CHUNK_BYTES` (at least 1)."""
   fits = [d for d in range(1, (max_chunk or batch) + 1)
@@ -286,11 +306,6 @@ def _conv_s1_bwd(pads, dn, precision, preferred_element_type, res, g):
   g = g.astype(dtype)
   wm = jnp.swapaxes(rhs.reshape(taps, c, f), 1, 2).reshape(taps * f, c).astype(dtype)
   per_image = math.prod(x.shape[1:-1]) * taps * f * jnp.dtype(dtype).itemsize
-  # At least two chunks: the scan's operands are materialized, while a replication outside a
-  # loop gets the cotangent's producer fused into it and recomputed once per tap (in a
-  # DenseNet, the sum of the later layers' BatchNorm-backward slices; an
-  # optimization_barrier does not survive XLA:CPU's pipeline).
-  chunk = _chunk_size(x.shape[0], per_image, max_chunk=max(1, x.shape[0] // 2))
 
   def one_chunk(dw, xc, gc):
     gt = _replicate_taps(gc, window, pads).reshape(-1, taps * f)
@@ -300,13 +315,7 @@ def _conv_s1_bwd(pads, dn, precision, preferred_element_type, res, g):
                          preferred_element_type=acc)
     return dw, dx.reshape(xc.shape).astype(x.dtype)
 
-  dw0 = jnp.zeros((c, taps * f), acc)
-  if chunk == x.shape[0]:
-    dw, dx = one_chunk(dw0, x, g)
-  else:
-    split = lambda a: a.reshape((a.shape[0] // chunk, chunk) + a.shape[1:])
-    dw, dx = lax.scan(lambda dw, xg: one_chunk(dw, *xg), dw0, (split(x), split(g)))
-    dx = dx.reshape(x.shape)
+  dw, dx = scan_batch_chunks(one_chunk, jnp.zeros((c, taps * f), acc), (x, g), per_image)
   drhs = jnp.moveaxis(dw.reshape(c, taps, f), 0, 1).reshape(rhs.shape).astype(rhs.dtype)
   return dx, drhs
 
