@@ -16,8 +16,8 @@ on CPU"):
   layers).
 - dense stride-1 (one group, e.g. DenseNet's and ResNet's 3x3): the convolution forward,
   a custom VJP backward whose kernel and input gradients are two matmuls over a
-  tap-replicated cotangent, a few images at a time (`conv_stride1`; 1.3-2.3x faster
-  backward for DenseNet-121's, ResNet-50's, VGG-16's and DenseNet-BC's 3x3 layers).
+  tap-replicated cotangent, a few images at a time (`conv_stride1`; backward 1.5-2.2x
+  faster at 32x32-56x56, 1.0-1.1x at 14x14 and 7x7, for DenseNet's and ResNet-50's 3x3s).
 
 Everything else, and every backend other than CPU under `impl="auto"`, goes to
 `lax.conv_general_dilated` unchanged: GPUs/TPUs have fast convolutions for all four.
