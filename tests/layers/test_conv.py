@@ -123,6 +123,16 @@ def test_bad_impl_is_a_one_line_error():
       pass
 
 
+def _bfloat16_fast_and_float32_xla_grads(f, x, w):
+  """Gradients of sum(f) through impl="fast" in bfloat16 (dtypes checked) and "xla" in float32."""
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  gx, gw = jax.grad(lambda x, w: jnp.sum(f(x, w, "fast").astype(jnp.float32)),
+                    argnums=(0, 1))(xb, wb)
+  assert gx.dtype == jnp.bfloat16 and gw.dtype == jnp.bfloat16
+  gx32, gw32 = jax.grad(lambda x, w: jnp.sum(f(x, w, "xla")), argnums=(0, 1))(x, w)
+  return gx, gw, gx32, gw32
+
+
 def test_depthwise_custom_vjp_dtypes_1d_and_second_order():
   """The stride-1 depthwise VJP: 1-D, bfloat16 in/out dtypes, and grad of grad vs the conv."""
   rng = np.random.default_rng(3)
@@ -146,11 +156,7 @@ def test_depthwise_custom_vjp_dtypes_1d_and_second_order():
     want = jax.grad(fn, argnums=(0, 1))(x, w, "xla")
     for a, b in zip(got, want):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-  gx, gw = jax.grad(lambda x, w: jnp.sum(f(x, w, "fast").astype(jnp.float32)),
-                    argnums=(0, 1))(xb, wb)
-  assert gx.dtype == jnp.bfloat16 and gw.dtype == jnp.bfloat16
-  gx32, gw32 = jax.grad(lambda x, w: jnp.sum(f(x, w, "xla")), argnums=(0, 1))(x, w)
+  gx, gw, gx32, gw32 = _bfloat16_fast_and_float32_xla_grads(f, x, w)
   np.testing.assert_allclose(gx.astype(jnp.float32), gx32, rtol=3e-2, atol=3e-2)
   np.testing.assert_allclose(gw.astype(jnp.float32), gw32, rtol=3e-2, atol=3e-2)
 
@@ -203,11 +209,7 @@ def test_stride1_vjp_scan_over_images_1d_3d_dtypes_and_second_order(monkeypatch,
   second = jax.jit(jax.grad(grad_norm, argnums=(0, 1)), static_argnums=2)
   for a, b in zip(second(x, w, "fast"), second(x, w, "xla")):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
-  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-  gx, gw = jax.grad(lambda x, w: jnp.sum(f(x, w, "fast").astype(jnp.float32)),
-                    argnums=(0, 1))(xb, wb)
-  assert gx.dtype == jnp.bfloat16 and gw.dtype == jnp.bfloat16
-  gx32, gw32 = jax.grad(lambda x, w: jnp.sum(f(x, w, "xla")), argnums=(0, 1))(x, w)
+  gx, gw, gx32, gw32 = _bfloat16_fast_and_float32_xla_grads(f, x, w)
   scale = max(float(jnp.max(jnp.abs(gx32))), float(jnp.max(jnp.abs(gw32))))
   np.testing.assert_allclose(gx.astype(jnp.float32), gx32, atol=2e-2 * scale)
   np.testing.assert_allclose(gw.astype(jnp.float32), gw32, atol=2e-2 * scale)
