@@ -179,9 +179,10 @@ def matmul_2d(lhs, rhs, num_contract: int = 1, precision=None,
   return out.reshape(a_shape + f_shape)
 
 
-# Bytes of the tap-replicated cotangent per chunk of images in `conv_stride1`'s backward
-# pass: small enough that it and its operands stay in the last-level cache between the two
-# matmuls that read it (BENCHMARKS.md "Dense KxK convolution gradients on CPU").
+# Bytes per chunk of images in `scan_batch_chunks` (the backward passes of `conv_stride1`,
+# its tap-replicated cotangent, and of `jaxdl.layers.pool.max_pool`): small enough that a
+# chunk and its operands stay in the last-level cache between the ops that read it
+# (BENCHMARKS.md "Dense KxK convolution gradients on CPU").
 _TAP_CHUNK_BYTES = 8 * 2**20
 
 
@@ -189,11 +190,10 @@ def conv_stride1(x, rhs, pads, dn, precision=None, preferred_element_type=None):
   """Stride-1, one-group convolution of x [N, *S, C] with rhs [*K, C, F]: custom VJP on CPU.
 
   The forward pass is `lax.conv_general_dilated`, or `_tap_sum` when F <= C / 2. The
-  backward pass replaces XLA:CPU's
-  convolution gradients (its kernel gradient runs at ~20 GFLOP/s on 2 cores, a quarter of
-  its forward) by two matmuls per chunk of images over the tap-replicated cotangent
-  G[n, q, k, f] = g[n, q + lo - k, f] (q a position of the input, k a kernel tap, lo the
-  low padding):
+  backward pass replaces XLA:CPU's convolution gradients (its kernel gradient runs at ~20
+  GFLOP/s on 2 cores, a quarter of its forward) by two matmuls per chunk of images over the
+  tap-replicated cotangent G[n, q, k, f] = g[n, q + lo - k, f] (q a position of the input,
+  k a kernel tap, lo the low padding):
 
     kernel gradient  dW[k, c, f] = sum_{n, q} x[n, q, c] G[n, q, k, f]
     input gradient   dx[n, q, c] = sum_{k, f} G[n, q, k, f] W[k, c, f]

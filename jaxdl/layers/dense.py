@@ -7,8 +7,8 @@ into [F, B*T]; the transpose fuses into the elementwise producer of the cotangen
 backward of a BatchNorm / LayerNorm / GELU) as a strided write. Flattening the leading axes
 first makes both gradients plain 2-D matmuls that need no transpose: backward passes of the
 model zoo's 1x1 layers, PFN MLPs and prototype distances run 1.5-3.3x faster
-(`tools/bench_conv.py --dense`, BENCHMARKS.md "Dense contractions on CPU"). Values are those of the dot up to float32
-summation order.
+(`tools/bench_conv.py --dense`, BENCHMARKS.md "Dense contractions on CPU"). Values are
+those of the dot up to float32 summation order.
 
 Use it as `nn.Dense(..., dot_general=jaxdl.layers.dot_general)`; `jaxdl.layers.Dense` and
 `jaxdl.layers.DenseGeneral` are those partials. Parameter names and layouts are flax's.

@@ -222,3 +222,4 @@ def test_chunk_size_is_the_largest_divisor_within_budget(monkeypatch):
   assert lc._chunk_size(7, 30) == 1
   assert lc._chunk_size(5, 1000) == 1  # one image over the budget: still one at a time
   assert lc._chunk_size(6, 10) == 6
+  assert lc._chunk_size(8, 10, max_chunk=4) == 4  # scan_batch_chunks: at least two chunks
