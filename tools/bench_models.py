@@ -2,6 +2,7 @@
 
   PYTHONPATH=. python tools/bench_models.py                    # the BENCHMARKS.md table
   PYTHONPATH=. python tools/bench_models.py --models resnet50 --repeats 3 --train-batch 8
+  PYTHONPATH=. python tools/bench_models.py --no-timm --variants no-scan   # in-process A/B
 
 jaxdl runs in this process (jit-compiled, float32); timm runs in a worker process of the
 PyTorch environment (--torch-python, default /work/torchvenv/bin/python; eager float32,
@@ -10,16 +11,22 @@ turns (jaxdl, timm, jaxdl, timm, ...) after one warm-up call each, so that load 
 processes on a shared machine hits both alike; the table reports medians and the ratio
 jaxdl / timm (> 1: jaxdl faster). Train step = forward + backward + SGD-momentum update with
 BatchNorm in training mode. Compile time is excluded (reported separately).
+
+--variants adds columns for jaxdl with one of its CPU formulations switched off (VARIANTS),
+compiled in this process and timed in the same rotation: an A/B of that formulation inside
+the whole model, immune to the VM's speed drifting between runs. --no-timm leaves timm out.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from unittest import mock
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,14 +107,56 @@ class TorchWorker:
 
 # ---- jaxdl side ----------------------------------------------------------------------------
 
-def jax_runner(name, mode, batch, conv="auto"):
+VARIANTS = {
+    "xla-conv": "every convolution and contraction left to XLA (conv_impl('xla'))",
+    "no-conv-stride1": "dense stride-1 KxK convolutions left to XLA (no conv_stride1 VJP)",
+    "no-scan": "backward passes over the whole batch at once, not a scan over image chunks "
+               "(scan_batch_chunks: conv_stride1, depthwise and max-pool gradients)",
+    "no-bn-vjp": "training-mode BatchNorm differentiated by autodiff (no batch_norm_train VJP)",
+}
+
+
+@contextlib.contextmanager
+def variant(name):
+  """Traces jaxdl with the formulation `name` (a VARIANTS key, or "jaxdl": none) switched off."""
+  from jax import lax
+
+  from jaxdl.layers import conv as conv_lib
+  if name == "jaxdl":
+    yield
+  elif name == "xla-conv":
+    with conv_lib.conv_impl("xla"):
+      yield
+  elif name == "no-conv-stride1":
+    def plain(x, rhs, pads, dn, precision=None, preferred_element_type=None):
+      return lax.conv_general_dilated(x, rhs, (1,) * (x.ndim - 2), pads, dimension_numbers=dn,
+                                      precision=precision,
+                                      preferred_element_type=preferred_element_type)
+    with mock.patch.object(conv_lib, "conv_stride1", plain):
+      yield
+  elif name == "no-scan":
+    with mock.patch.object(conv_lib, "scan_batch_chunks",
+                           lambda fn, carry, xs, per_image_bytes: fn(carry, *xs)):
+      yield
+  elif name == "no-bn-vjp":
+    from jaxdl.layers import norm
+
+    def plain(x, scale, bias, epsilon):
+      mean, var = norm._moments(x)
+      return norm.normalize(x, mean, var, scale, bias, epsilon), mean, var
+    with mock.patch.object(norm, "_bn_vjp", plain):
+      yield
+  else:
+    raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+
+
+def jax_runner(name, mode, batch, conv="jaxdl"):
   import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
 
   import jaxdl.models as models
-  from jaxdl.layers.conv import conv_impl
   model = models.create(name)
   res = RES.get(name, 224)
   rng = np.random.default_rng(0)
@@ -131,7 +180,7 @@ def jax_runner(name, mode, batch, conv="auto"):
       updates, opt_state = tx.update(grads, opt_state, variables["params"])
       return {"params": optax.apply_updates(variables["params"], updates), **new}, opt_state
 
-    with conv_impl(conv):
+    with variant(conv):
       compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
           variables, tx.init(variables["params"]), x, y).compile()
     carry = [variables, tx.init(variables["params"])]
@@ -140,7 +189,7 @@ def jax_runner(name, mode, batch, conv="auto"):
       carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
       jax.block_until_ready(carry[0])
   else:
-    with conv_impl(conv):
+    with variant(conv):
       compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
           variables, x).compile()
 
@@ -161,51 +210,70 @@ def main(argv=None):
   parser.add_argument("--infer-batch", type=int, default=16, help="224x224 models")
   parser.add_argument("--cifar-batch", type=int, default=64, help="32x32 models, both modes")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--with-xla-conv", action="store_true",
-                      help="also time jaxdl with every convolution left to XLA "
-                           "(conv_impl('xla'): no CPU matmul formulations), in the same rotation")
+  parser.add_argument("--variants", nargs="+", default=[], choices=sorted(VARIANTS),
+                      help="also time jaxdl with a CPU formulation switched off, in the same "
+                           "rotation: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
+  parser.add_argument("--with-xla-conv", action="store_true", help="= --variants xla-conv")
+  parser.add_argument("--no-timm", action="store_true",
+                      help="time jaxdl (and its --variants) only; no PyTorch needed")
   parser.add_argument("--torch-python", default="/work/torchvenv/bin/python")
   parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.torch_worker:
     torch_worker()
     return
+  variants = list(dict.fromkeys(args.variants + (["xla-conv"] if args.with_xla_conv else [])))
+  if args.no_timm and not variants:
+    parser.error("--no-timm leaves nothing to compare with: add --variants")
   import jax
   import numpy as np
-  worker = TorchWorker(args.torch_python)
-  print(f"jax {jax.__version__} ({jax.default_backend()}) vs timm in {args.torch_python}; "
+  worker = None if args.no_timm else TorchWorker(args.torch_python)
+  against = "" if worker is None else f" vs timm in {args.torch_python}"
+  print(f"jax {jax.__version__} ({jax.default_backend()}){against}; "
         f"{os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f} at start")
-  extra = (" jaxdl xla-conv img/s | jaxdl / xla-conv |", "---|---|") if args.with_xla_conv \
-      else ("", "")
-  print("\n| model | mode | batch | jaxdl img/s | timm img/s | jaxdl / timm | jaxdl compile (s) |"
-        + extra[0])
-  print("|---|---|---|---|---|---|---|" + extra[1])
+  head = "| model | mode | batch | jaxdl img/s |"
+  rule = "|---|---|---:|---:|"
+  if worker is not None:
+    head += " timm img/s | jaxdl / timm |"
+    rule += "---:|---:|"
+  head += " jaxdl compile (s) |"
+  rule += "---:|"
+  for v in variants:
+    head += f" {v} img/s | jaxdl / {v} |"
+    rule += "---:|---:|"
+  print("\n" + head + "\n" + rule)
   for name in args.models:
     for mode in args.modes:
       batch = args.cifar_batch if name in RES else (
           args.train_batch if mode == "train" else args.infer_batch)
       run, info = jax_runner(name, mode, batch)
-      run_xla = jax_runner(name, mode, batch, conv="xla")[0] if args.with_xla_conv else None
-      tinfo = worker.call(model=name, mode=mode, batch=batch)
-      assert info["params"] == tinfo["params"], (name, info["params"], tinfo["params"])
-      jt, tt, xt = [], [], []
-      for _ in range(args.repeats):
+      others = [jax_runner(name, mode, batch, conv=v)[0] for v in variants]
+      if worker is not None:
+        tinfo = worker.call(model=name, mode=mode, batch=batch)
+        assert info["params"] == tinfo["params"], (name, info["params"], tinfo["params"])
+      jt, tt, vt = [], [], [[] for _ in variants]
+      for _ in range(args.repeats):  # one call of each in turn
         t0 = time.perf_counter()
         run()
         jt.append(time.perf_counter() - t0)
-        tt.append(worker.call(model=name, mode=mode, batch=batch)["s"])
-        if run_xla is not None:
+        if worker is not None:
+          tt.append(worker.call(model=name, mode=mode, batch=batch)["s"])
+        for other, times in zip(others, vt):
           t0 = time.perf_counter()
-          run_xla()
-          xt.append(time.perf_counter() - t0)
-      j, t = batch / float(np.median(jt)), batch / float(np.median(tt))
-      row = (f"| {name} | {mode} | {batch} | {j:.1f} | {t:.1f} | {j / t:.2f}x | "
-             f"{info['compile_s']:.0f} |")
-      if xt:
-        xl = batch / float(np.median(xt))
-        row += f" {xl:.1f} | {j / xl:.2f}x |"
+          other()
+          times.append(time.perf_counter() - t0)
+      j = batch / float(np.median(jt))
+      row = f"| {name} | {mode} | {batch} | {j:.1f} |"
+      if worker is not None:
+        t = batch / float(np.median(tt))
+        row += f" {t:.1f} | {j / t:.2f}x |"
+      row += f" {info['compile_s']:.0f} |"
+      for times in vt:
+        o = batch / float(np.median(times))
+        row += f" {o:.1f} | {j / o:.2f}x |"
       print(row, flush=True)
-  worker.close()
+  if worker is not None:
+    worker.close()
   print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -6,21 +6,127 @@ the last axis of an NHWC tensor. Both compute their statistics in float32 and ke
 parameters when the compute `dtype` is bfloat16 (mixed precision), and both use the two-pass
 variance E[(x - mean)^2] instead of E[x^2] - mean^2 so that converted timm weights give the
 same logits to 1e-5.
+
+On CPU (`jaxdl.layers.conv_impl`'s "auto"), training-mode BatchNorm has a custom VJP
+(`batch_norm_train`): XLA:CPU's autodiff of the two-pass statistics materializes x - mean and
+splits the backward pass into several elementwise passes over the activation; the custom VJP
+reads x and the cotangent once for the two per-channel sums and once more for the input
+gradient.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
+
+from jaxdl.layers import conv as conv_lib
 
 
 def batch_norm(train: bool, name: str, dtype: Any = None, param_dtype: Any = jnp.float32,
-               momentum: float = 0.9, epsilon: float = 1e-5) -> nn.BatchNorm:
+               momentum: float = 0.9, epsilon: float = 1e-5) -> "BatchNorm":
   """PyTorch-style BatchNorm over the last axis; running statistics in `batch_stats`."""
-  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
-                      use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, name=name)
+  return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
+                   dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+class BatchNorm(nn.Module):
+  """`nn.BatchNorm(use_fast_variance=False)` over the last axis, with `batch_norm_train`.
+
+  Same variables (params scale / bias, batch_stats mean / var), initial values, running
+  average update (on the biased batch variance) and arithmetic as `nn.BatchNorm`; converted
+  timm weights and checkpoints load unchanged.
+  """
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = (x.shape[-1],)
+    scale = self.param("scale", nn.initializers.ones, features, self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, features, self.param_dtype)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+    if self.use_running_average:
+      y = normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
+    else:
+      y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y.astype(self.dtype or jnp.result_type(x, scale, bias))
+
+
+def normalize(x, mean, var, scale, bias, epsilon: float = 1e-5):
+  """(x - mean) * (rsqrt(var + epsilon) * scale) + bias, `nn.BatchNorm`'s order of operations."""
+  return (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
+
+
+def _moments(x):
+  """Per-channel mean and biased two-pass variance of x [..., C], in float32 or wider."""
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  axes = tuple(range(x.ndim - 1))
+  mean = xf.mean(axis=axes)
+  return mean, jnp.square(xf - mean).mean(axis=axes)
+
+
+def batch_norm_train(x, scale, bias, epsilon: float = 1e-5, *, impl: str | None = None):
+  """Training-mode BatchNorm of x [..., C] over all axes but the last.
+
+  Returns (y, batch mean, biased batch variance); y = `normalize` with the batch statistics,
+  in the promoted dtype of x and the parameters (statistics in float32 or wider). `impl`
+  as in `jaxdl.layers.conv_general_dilated` (None: the `conv_impl` context): the fast
+  formulation is a custom VJP (see the module docstring) whose values and gradients equal
+  autodiff's up to summation order; it rules out forward-mode autodiff, for which trace
+  under `conv_impl("xla")`.
+  """
+  if conv_lib._use_fast(impl):
+    return _bn_vjp(x, scale, bias, epsilon)
+  mean, var = _moments(x)
+  return normalize(x, mean, var, scale, bias, epsilon), mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _bn_vjp(x, scale, bias, epsilon):
+  mean, var = _moments(x)
+  return normalize(x, mean, var, scale, bias, epsilon), mean, var
+
+
+def _bn_fwd(x, scale, bias, epsilon):
+  y, mean, var = _bn_vjp(x, scale, bias, epsilon)
+  return (y, mean, var), (x, scale, bias, mean, var)
+
+
+def _bn_bwd(epsilon, res, cts):
+  x, scale, bias, mean, var = res
+  gy, gmean, gvar = cts
+  acc = mean.dtype
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  rstd = lax.rsqrt(var + epsilon)
+  xc = x.astype(acc) - mean
+  g = gy.astype(acc)
+  # The two per-channel sums read x and gy once (XLA fuses them into one loop).
+  sum_g = g.sum(axis=axes)
+  sum_gx = (g * xc).sum(axis=axes) * rstd  # = sum g * xhat
+  gamma = scale.astype(acc)
+  # dx = gamma rstd (g - mean(g) - xhat mean(g xhat)) + the terms of the mean and
+  # variance outputs (their cotangents are zero when only running averages use them).
+  a = gamma * rstd
+  b = a * rstd * sum_gx / count - 2 * gvar.astype(acc) / count
+  c = gmean.astype(acc) / count - a * sum_g / count
+  dx = a * g - b * xc + c
+  return (dx.astype(x.dtype), sum_gx.astype(scale.dtype), sum_g.astype(bias.dtype))
+
+
+_bn_vjp.defvjp(_bn_fwd, _bn_bwd)
 
 
 def layer_norm(name: str, dtype: Any = None, param_dtype: Any = jnp.float32,

@@ -41,7 +41,7 @@ from jaxdl import errors
 from jaxdl.layers import sow_relu
 from jaxdl.layers.conv import Conv, conv_general_dilated
 from jaxdl.layers.inputs import check_images
-from jaxdl.layers.norm import batch_norm
+from jaxdl.layers.norm import batch_norm, batch_norm_train, normalize
 from jaxdl.layers.pool import max_pool
 from jaxdl.layers.remat import recompute_in_backward
 from jaxdl.models.registry import register
@@ -77,13 +77,11 @@ class _ConvKernel(nn.Module):
 
 def _batch_norm_fn(x, scale, bias, running_mean, running_var, train, dtype, epsilon=1e-5):
   """`nn.BatchNorm`'s arithmetic as a function: (y, batch mean, batch variance)."""
-  if train:
-    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    mean = xf.mean(axis=(0, 1, 2))
-    var = jnp.square(xf - mean).mean(axis=(0, 1, 2))  # two-pass, as use_fast_variance=False
+  if train:  # two-pass variance, as use_fast_variance=False
+    y, mean, var = batch_norm_train(x, scale, bias, epsilon)
   else:
     mean, var = running_mean, running_var
-  y = (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+    y = normalize(x, mean, var, scale, bias, epsilon)
   return y.astype(dtype or jnp.result_type(x, scale, bias)), mean, var
 
 

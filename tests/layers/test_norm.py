@@ -1,0 +1,108 @@
+"""BatchNorm: the custom-VJP training path equals a float64 reference and `nn.BatchNorm`."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdl.layers import conv as lc
+from jaxdl.layers import norm
+
+
+def _reference_float64(x, scale, bias, eps):
+  """Training-mode BatchNorm over all axes but the last, numpy float64 (two-pass)."""
+  x = np.asarray(x, np.float64)
+  axes = tuple(range(x.ndim - 1))
+  mean = x.mean(axis=axes)
+  var = ((x - mean) ** 2).mean(axis=axes)
+  y = (x - mean) / np.sqrt(var + eps) * np.asarray(scale, np.float64) + np.asarray(bias)
+  return y, mean, var
+
+
+def _loss(impl, weights):
+  """A loss of all three outputs, so that the mean and variance cotangents are non-zero."""
+  wy, wm, wv = weights
+
+  def f(x, scale, bias):
+    y, mean, var = norm.batch_norm_train(x, scale, bias, 1e-3, impl=impl)
+    return (jnp.tanh(y) * wy).sum() + (mean * wm).sum() + (var * wv).sum()
+  return f
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 6, 7), (3, 9), (2, 3, 4, 5, 2)])
+def test_batch_norm_train_values_and_gradients_against_float64(shape):
+  rng = np.random.default_rng(0)
+  c = shape[-1]
+  x = rng.standard_normal(shape) * 3 + rng.standard_normal(c)  # per-channel offsets
+  scale, bias = rng.standard_normal(c), rng.standard_normal(c)
+  weights = tuple(rng.standard_normal(s) for s in (shape, (c,), (c,)))
+  y, mean, var = norm.batch_norm_train(*(jnp.asarray(a, jnp.float32) for a in (x, scale, bias)),
+                                       1e-3, impl="fast")
+  ry, rmean, rvar = _reference_float64(x, scale, bias, 1e-3)
+  np.testing.assert_allclose(y, ry, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(mean, rmean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(var, rvar, rtol=1e-5)
+  with jax.enable_x64(True):
+    args64 = tuple(jnp.asarray(a, jnp.float64) for a in (x, scale, bias))
+    w64 = tuple(jnp.asarray(w, jnp.float64) for w in weights)
+    # The float64 reference gradient: autodiff of the plain formulation.
+    ref = jax.grad(_loss("xla", w64), argnums=(0, 1, 2))(*args64)
+    fast64 = jax.grad(_loss("fast", w64), argnums=(0, 1, 2))(*args64)
+  for r, f64 in zip(ref, fast64):  # same math: equal to float64 rounding
+    np.testing.assert_allclose(f64, r, rtol=1e-10, atol=1e-12)
+  args32 = tuple(jnp.asarray(a, jnp.float32) for a in (x, scale, bias))
+  w32 = tuple(jnp.asarray(w, jnp.float32) for w in weights)
+  fast32 = jax.grad(_loss("fast", w32), argnums=(0, 1, 2))(*args32)
+  for r, f32 in zip(ref, fast32):
+    assert f32.dtype == jnp.float32
+    np.testing.assert_allclose(f32, r, rtol=2e-4, atol=2e-4 * float(np.abs(r).max()))
+
+
+def test_batch_norm_train_bfloat16_input_keeps_float32_statistics():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((6, 5, 4)) * 2 + 1, jnp.bfloat16)
+  scale, bias = jnp.ones(4), jnp.zeros(4)
+  y, mean, var = norm.batch_norm_train(x, scale, bias, impl="fast")
+  assert y.dtype == mean.dtype == var.dtype == jnp.float32
+  ry, rmean, rvar = _reference_float64(np.asarray(x, np.float64), scale, bias, 1e-5)
+  np.testing.assert_allclose(mean, rmean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(y, ry, atol=1e-5)
+  g = jax.grad(lambda x: (norm.batch_norm_train(x, scale, bias, impl="fast")[0] ** 3).sum())(x)
+  gr = jax.grad(lambda x: (norm.batch_norm_train(x, scale, bias, impl="xla")[0] ** 3).sum())(x)
+  assert g.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(gr, np.float32),
+                             rtol=2e-2, atol=2e-2 * float(jnp.abs(gr.astype(jnp.float32)).max()))
+
+
+@pytest.mark.parametrize("impl", ["fast", "xla"])
+def test_module_matches_flax_batch_norm(impl):
+  """Same variables, outputs, gradients and running-average updates as nn.BatchNorm."""
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((3, 4, 4, 6)) * 2 + 0.5,
+                  jnp.float32)
+  ours = norm.BatchNorm(use_running_average=False)
+  theirs = nn.BatchNorm(use_running_average=False, use_fast_variance=False, momentum=0.9,
+                        epsilon=1e-5)
+  v = ours.init(jax.random.key(0), x)
+  v_theirs = theirs.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, v_theirs)
+  v = {"params": {"scale": jnp.linspace(0.5, 2, 6), "bias": jnp.linspace(-1, 1, 6)},
+       "batch_stats": {"mean": jnp.linspace(0, 1, 6), "var": jnp.linspace(1, 2, 6)}}
+
+  def loss(module, params):
+    y, new = module.apply({**v, "params": params}, x, mutable=["batch_stats"])
+    return (jnp.sin(y) * jnp.arange(6)).sum(), new
+
+  with lc.conv_impl(impl):
+    (l1, new1), g1 = jax.value_and_grad(lambda p: loss(ours, p), has_aux=True)(v["params"])
+  (l2, new2), g2 = jax.value_and_grad(lambda p: loss(theirs, p), has_aux=True)(v["params"])
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g1, g2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new1, new2)
+  gx = jax.grad(lambda x: ours.apply(v, x, mutable=["batch_stats"])[0].sum() ** 2)(x)
+  gx_ref = jax.grad(lambda x: theirs.apply(v, x, mutable=["batch_stats"])[0].sum() ** 2)(x)
+  np.testing.assert_allclose(gx, gx_ref, atol=1e-4)
+  # Evaluation mode: running statistics, no update.
+  eval_ours = norm.BatchNorm(use_running_average=True).apply(v, x)
+  eval_theirs = nn.BatchNorm(use_running_average=True, epsilon=1e-5).apply(v, x)
+  np.testing.assert_array_equal(eval_ours, eval_theirs)
