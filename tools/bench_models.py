@@ -14,7 +14,9 @@ BatchNorm in training mode. Compile time is excluded (reported separately).
 
 --variants adds columns for jaxdl with one of its CPU formulations switched off (VARIANTS),
 compiled in this process and timed in the same rotation: an A/B of that formulation inside
-the whole model, immune to the VM's speed drifting between runs. --no-timm leaves timm out.
+the whole model, immune to the VM's speed drifting between runs ("same" is the A/A control:
+jaxdl compiled twice). The order of the calls is reversed every repeat. --no-timm leaves
+timm out.
 """
 
 from __future__ import annotations
@@ -108,11 +110,13 @@ class TorchWorker:
 # ---- jaxdl side ----------------------------------------------------------------------------
 
 VARIANTS = {
+    "same": "jaxdl itself, compiled a second time: the A/A control (its ratio is the noise)",
     "xla-conv": "every convolution and contraction left to XLA (conv_impl('xla'))",
     "no-conv-stride1": "dense stride-1 KxK convolutions left to XLA (no conv_stride1 VJP)",
     "no-scan": "backward passes over the whole batch at once, not a scan over image chunks "
                "(scan_batch_chunks: conv_stride1, depthwise and max-pool gradients)",
     "no-bn-vjp": "training-mode BatchNorm differentiated by autodiff (no batch_norm_train VJP)",
+    "no-bn-relu-fusion": "the ReLU after a BatchNorm outside its VJP (autodiff's saved mask)",
 }
 
 
@@ -122,7 +126,7 @@ def variant(name):
   from jax import lax
 
   from jaxdl.layers import conv as conv_lib
-  if name == "jaxdl":
+  if name in ("jaxdl", "same"):
     yield
   elif name == "xla-conv":
     with conv_lib.conv_impl("xla"):
@@ -140,11 +144,18 @@ def variant(name):
       yield
   elif name == "no-bn-vjp":
     from jaxdl.layers import norm
+    with mock.patch.object(norm, "_bn_vjp", norm._bn_plain):
+      yield
+  elif name == "no-bn-relu-fusion":
+    import jax
 
-    def plain(x, scale, bias, epsilon):
-      mean, var = norm._moments(x)
-      return norm.normalize(x, mean, var, scale, bias, epsilon), mean, var
-    with mock.patch.object(norm, "_bn_vjp", plain):
+    from jaxdl.layers import norm
+    fused = norm._bn_vjp
+
+    def unfused(x, scale, bias, epsilon, relu):
+      y, mean, var = fused(x, scale, bias, epsilon, False)
+      return (jax.nn.relu(y) if relu else y), mean, var
+    with mock.patch.object(norm, "_bn_vjp", unfused):
       yield
   else:
     raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
@@ -216,6 +227,7 @@ def main(argv=None):
   parser.add_argument("--with-xla-conv", action="store_true", help="= --variants xla-conv")
   parser.add_argument("--no-timm", action="store_true",
                       help="time jaxdl (and its --variants) only; no PyTorch needed")
+  parser.add_argument("--show-times", action="store_true", help="print every call's seconds")
   parser.add_argument("--torch-python", default="/work/torchvenv/bin/python")
   parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -252,16 +264,16 @@ def main(argv=None):
         tinfo = worker.call(model=name, mode=mode, batch=batch)
         assert info["params"] == tinfo["params"], (name, info["params"], tinfo["params"])
       jt, tt, vt = [], [], [[] for _ in variants]
-      for _ in range(args.repeats):  # one call of each in turn
-        t0 = time.perf_counter()
-        run()
-        jt.append(time.perf_counter() - t0)
-        if worker is not None:
-          tt.append(worker.call(model=name, mode=mode, batch=batch)["s"])
-        for other, times in zip(others, vt):
+      calls = [(run, jt)] + list(zip(others, vt))
+      for r in range(args.repeats):  # one call of each in turn, the order reversed every repeat
+        for i, (fn, times) in enumerate(calls if r % 2 == 0 else calls[::-1]):
+          if worker is not None and i == 1:
+            tt.append(worker.call(model=name, mode=mode, batch=batch)["s"])
           t0 = time.perf_counter()
-          other()
+          fn()
           times.append(time.perf_counter() - t0)
+        if worker is not None and len(calls) == 1:
+          tt.append(worker.call(model=name, mode=mode, batch=batch)["s"])
       j = batch / float(np.median(jt))
       row = f"| {name} | {mode} | {batch} | {j:.1f} |"
       if worker is not None:
@@ -272,6 +284,10 @@ def main(argv=None):
         o = batch / float(np.median(times))
         row += f" {o:.1f} | {j / o:.2f}x |"
       print(row, flush=True)
+      if args.show_times:
+        names = ["jaxdl"] + (["timm"] if worker is not None else []) + variants
+        for n, times in zip(names, [jt] + ([tt] if worker is not None else []) + vt):
+          print(f"    {n} s: " + " ".join(f"{t:.3f}" for t in times), flush=True)
   if worker is not None:
     worker.close()
   print(f"\nload average {os.getloadavg()[0]:.1f} at the end")

@@ -17,7 +17,7 @@ gradient.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -25,13 +25,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxdl.layers import conv as conv_lib
+from jaxdl.layers.activations import sow_relu
 
 
 def batch_norm(train: bool, name: str, dtype: Any = None, param_dtype: Any = jnp.float32,
-               momentum: float = 0.9, epsilon: float = 1e-5) -> "BatchNorm":
+               momentum: float = 0.9, epsilon: float = 1e-5,
+               scale_init: Callable = nn.initializers.ones) -> "BatchNorm":
   """PyTorch-style BatchNorm over the last axis; running statistics in `batch_stats`."""
   return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
-                   dtype=dtype, param_dtype=param_dtype, name=name)
+                   dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
 
 
 class BatchNorm(nn.Module):
@@ -46,22 +48,36 @@ class BatchNorm(nn.Module):
   epsilon: float = 1e-5
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  scale_init: Callable = nn.initializers.ones
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, relu: bool = False) -> jax.Array:
+    """BatchNorm of x [..., C]; `relu`: then a ReLU (fused into the training-mode VJP)."""
     features = (x.shape[-1],)
-    scale = self.param("scale", nn.initializers.ones, features, self.param_dtype)
+    scale = self.param("scale", self.scale_init, features, self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, features, self.param_dtype)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
     if self.use_running_average:
       y = normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
+      y = jax.nn.relu(y) if relu else y
     else:
-      y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+      y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, relu=relu)
       if not self.is_initializing():
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y.astype(self.dtype or jnp.result_type(x, scale, bias))
+
+
+def batch_norm_relu(module: nn.Module, bn: BatchNorm, x: jax.Array, name: str) -> jax.Array:
+  """ReLU(bn(x)), sowing the ReLU's input as `preactivations/<name>` (as `sow_relu`).
+
+  When the preactivations are not collected, the ReLU runs inside `bn` (fused into its
+  training-mode VJP); when they are, `bn(x)` is computed and recorded first.
+  """
+  if module.is_mutable_collection("preactivations"):
+    return sow_relu(module, bn(x), name)
+  return bn(x, relu=True)
 
 
 def normalize(x, mean, var, scale, bias, epsilon: float = 1e-5):
@@ -77,34 +93,40 @@ def _moments(x):
   return mean, jnp.square(xf - mean).mean(axis=axes)
 
 
-def batch_norm_train(x, scale, bias, epsilon: float = 1e-5, *, impl: str | None = None):
-  """Training-mode BatchNorm of x [..., C] over all axes but the last.
+def batch_norm_train(x, scale, bias, epsilon: float = 1e-5, *, relu: bool = False,
+                     impl: str | None = None):
+  """Training-mode BatchNorm of x [..., C] over all axes but the last (then a ReLU if `relu`).
 
   Returns (y, batch mean, biased batch variance); y = `normalize` with the batch statistics,
   in the promoted dtype of x and the parameters (statistics in float32 or wider). `impl`
   as in `jaxdl.layers.conv_general_dilated` (None: the `conv_impl` context): the fast
-  formulation is a custom VJP (see the module docstring) whose values and gradients equal
-  autodiff's up to summation order; it rules out forward-mode autodiff, for which trace
-  under `conv_impl("xla")`.
+  formulation is a custom VJP (see the module docstring; with `relu`, the ReLU's mask is
+  recomputed from x in the backward pass instead of being stored) whose values and
+  gradients equal autodiff's up to summation order; it rules out forward-mode autodiff, for
+  which trace under `conv_impl("xla")`.
   """
   if conv_lib._use_fast(impl):
-    return _bn_vjp(x, scale, bias, epsilon)
+    return _bn_vjp(x, scale, bias, epsilon, relu)
+  return _bn_plain(x, scale, bias, epsilon, relu)
+
+
+def _bn_plain(x, scale, bias, epsilon, relu):
   mean, var = _moments(x)
-  return normalize(x, mean, var, scale, bias, epsilon), mean, var
+  y = normalize(x, mean, var, scale, bias, epsilon)
+  return (jax.nn.relu(y) if relu else y), mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _bn_vjp(x, scale, bias, epsilon):
-  mean, var = _moments(x)
-  return normalize(x, mean, var, scale, bias, epsilon), mean, var
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bn_vjp(x, scale, bias, epsilon, relu):
+  return _bn_plain(x, scale, bias, epsilon, relu)
 
 
-def _bn_fwd(x, scale, bias, epsilon):
-  y, mean, var = _bn_vjp(x, scale, bias, epsilon)
+def _bn_fwd(x, scale, bias, epsilon, relu):
+  y, mean, var = _bn_plain(x, scale, bias, epsilon, relu)
   return (y, mean, var), (x, scale, bias, mean, var)
 
 
-def _bn_bwd(epsilon, res, cts):
+def _bn_bwd(epsilon, relu, res, cts):
   x, scale, bias, mean, var = res
   gy, gmean, gvar = cts
   acc = mean.dtype
@@ -112,14 +134,16 @@ def _bn_bwd(epsilon, res, cts):
   count = x.size // x.shape[-1]
   rstd = lax.rsqrt(var + epsilon)
   xc = x.astype(acc) - mean
+  gamma = scale.astype(acc)
+  a = gamma * rstd
   g = gy.astype(acc)
+  if relu:  # the ReLU's input, recomputed: elementwise work fused into the passes below
+    g = jnp.where(xc * a + bias.astype(acc) > 0, g, jnp.zeros((), acc))
   # The two per-channel sums read x and gy once (XLA fuses them into one loop).
   sum_g = g.sum(axis=axes)
   sum_gx = (g * xc).sum(axis=axes) * rstd  # = sum g * xhat
-  gamma = scale.astype(acc)
   # dx = gamma rstd (g - mean(g) - xhat mean(g xhat)) + the terms of the mean and
   # variance outputs (their cotangents are zero when only running averages use them).
-  a = gamma * rstd
   b = a * rstd * sum_gx / count - 2 * gvar.astype(acc) / count
   c = gmean.astype(acc) / count - a * sum_g / count
   dx = a * g - b * xc + c

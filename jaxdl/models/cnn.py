@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from jaxdl.layers import get_initializer, sow_relu
 from jaxdl.layers.conv import Conv
+from jaxdl.layers.norm import batch_norm
 from jaxdl.layers.pool import max_pool
 from jaxdl.models.registry import register
 
@@ -54,9 +55,7 @@ class CNN(nn.Module):
         x = Conv(ch, (3, 3), use_bias=not self.use_bn, kernel_init=kinit, dtype=self.dtype,
                  param_dtype=self.param_dtype, name=name)(x)
         if self.use_bn:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           dtype=self.dtype, param_dtype=self.param_dtype,
-                           name=f"stage{s}_bn{c}")(x)
+          x = batch_norm(train, f"stage{s}_bn{c}", self.dtype, self.param_dtype)(x)
         x = sow_relu(self, x, f"{name}_relu")
       if self.features_only and s == len(self.features) - 1:
         return x

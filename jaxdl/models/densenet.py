@@ -41,7 +41,7 @@ from jaxdl import errors
 from jaxdl.layers import sow_relu
 from jaxdl.layers.conv import Conv, conv_general_dilated
 from jaxdl.layers.inputs import check_images
-from jaxdl.layers.norm import batch_norm, batch_norm_train, normalize
+from jaxdl.layers.norm import batch_norm, batch_norm_relu, batch_norm_train, normalize
 from jaxdl.layers.pool import max_pool
 from jaxdl.layers.remat import recompute_in_backward
 from jaxdl.models.registry import register
@@ -75,13 +75,15 @@ class _ConvKernel(nn.Module):
     return self.param("kernel", _conv_init, self.shape, self.param_dtype)
 
 
-def _batch_norm_fn(x, scale, bias, running_mean, running_var, train, dtype, epsilon=1e-5):
-  """`nn.BatchNorm`'s arithmetic as a function: (y, batch mean, batch variance)."""
+def _batch_norm_fn(x, scale, bias, running_mean, running_var, train, dtype, relu=False,
+                   epsilon=1e-5):
+  """`nn.BatchNorm`'s arithmetic (then a ReLU if `relu`) as a function: (y, mean, var)."""
   if train:  # two-pass variance, as use_fast_variance=False
-    y, mean, var = batch_norm_train(x, scale, bias, epsilon)
+    y, mean, var = batch_norm_train(x, scale, bias, epsilon, relu=relu)
   else:
     mean, var = running_mean, running_var
     y = normalize(x, mean, var, scale, bias, epsilon)
+    y = jax.nn.relu(y) if relu else y
   return y.astype(dtype or jnp.result_type(x, scale, bias)), mean, var
 
 
@@ -94,13 +96,15 @@ def _bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre):
   both ReLUs]). This is the part that `memory_efficient` recomputes in the backward pass.
   """
   x = jnp.concatenate(features, axis=-1) if len(features) > 1 else features[0]
-  y1, m1, v1 = _batch_norm_fn(x, *norm1, train, dtype)
-  cdt = dtype or jnp.result_type(y1, conv1)
-  z = conv_general_dilated(jax.nn.relu(y1).astype(cdt), conv1.astype(cdt), (1, 1),
+  # Without want_pre the ReLUs run inside the BatchNorms (fused into their VJPs on CPU).
+  a1, m1, v1 = _batch_norm_fn(x, *norm1, train, dtype, relu=not want_pre)
+  cdt = dtype or jnp.result_type(a1, conv1)
+  h1 = jax.nn.relu(a1) if want_pre else a1
+  z = conv_general_dilated(h1.astype(cdt), conv1.astype(cdt), (1, 1),
                            "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  y2, m2, v2 = _batch_norm_fn(z, *norm2, train, dtype)
-  out = (jax.nn.relu(y2), (m1, v1), (m2, v2))
-  return out + ((y1, y2),) if want_pre else out
+  a2, m2, v2 = _batch_norm_fn(z, *norm2, train, dtype, relu=not want_pre)
+  out = ((jax.nn.relu(a2) if want_pre else a2), (m1, v1), (m2, v2))
+  return out + ((a1, a2),) if want_pre else out
 
 
 BOTTLENECK_IMPLS = ("xla", "auto", "pallas", "mosaic_gpu")
@@ -124,8 +128,8 @@ def _kernel_bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre,
   z = dense_bottleneck(tuple(f.astype(cdt) for f in features), scale, shift,
                        conv1.astype(cdt), impl=impl, out_dtype=cdt,
                        interpret=jax.default_backend() == "cpu")
-  y2, m2, v2 = _batch_norm_fn(z, *norm2, train, dtype)
-  return jax.nn.relu(y2), (mean, var), (m2, v2)
+  h, m2, v2 = _batch_norm_fn(z, *norm2, train, dtype, relu=True)
+  return h, (mean, var), (m2, v2)
 
 
 class DenseLayer(nn.Module):
@@ -225,8 +229,8 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = batch_norm(train, "norm", self.dtype, self.param_dtype)(x)
-    x = sow_relu(self, x, "relu")
+    bn = batch_norm(train, "norm", self.dtype, self.param_dtype)
+    x = batch_norm_relu(self, bn, x, "relu")
     x = Conv(self.out_features, (1, 1), use_bias=False, kernel_init=_conv_init,
              dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
@@ -284,7 +288,7 @@ class DenseNet(nn.Module):
     if self.stem == "imagenet":
       x = Conv(num_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                use_bias=False, kernel_init=_conv_init, name="conv0", **kw)(x)
-      x = sow_relu(self, batch_norm(train, "norm0", **kw)(x), "relu0")
+      x = batch_norm_relu(self, batch_norm(train, "norm0", **kw), x, "relu0")
       x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = Conv(num_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
@@ -298,7 +302,7 @@ class DenseNet(nn.Module):
       if i != len(self.block_config) - 1:
         num_features = int(num_features * self.compression)
         x = Transition(num_features, name=f"transition{i + 1}", **kw)(x, train)
-    x = sow_relu(self, batch_norm(train, "norm5", **kw)(x), "relu5")
+    x = batch_norm_relu(self, batch_norm(train, "norm5", **kw), x, "relu5")
     if self.features_only:
       return x
     x = jnp.mean(x, axis=(1, 2))

@@ -48,6 +48,7 @@ from jaxdl import errors
 from jaxdl.layers import activation
 from jaxdl.layers.conv import Conv
 from jaxdl.layers.inputs import check_images
+from jaxdl.layers.norm import batch_norm
 from jaxdl.models.registry import register
 
 
@@ -123,8 +124,7 @@ def _conv(mdl, features, kernel, stride, name, groups=1):
 
 
 def _bn(mdl, train, name):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=mdl.dtype, param_dtype=mdl.param_dtype, name=name)
+  return batch_norm(train, name, mdl.dtype, mdl.param_dtype)
 
 
 class DepthwiseSeparable(nn.Module):

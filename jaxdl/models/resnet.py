@@ -35,7 +35,7 @@ from jaxdl import errors
 from jaxdl.layers import sow_relu
 from jaxdl.layers.conv import Conv
 from jaxdl.layers.inputs import check_images
-from jaxdl.layers.norm import batch_norm
+from jaxdl.layers.norm import batch_norm, batch_norm_relu
 from jaxdl.layers.pool import max_pool
 from jaxdl.models.registry import register
 
@@ -67,10 +67,9 @@ class BasicBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     last_init = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
     y = _conv(self.features, 3, self.stride, "conv1", **kw)(x)
-    y = sow_relu(self, batch_norm(train, "bn1", **kw)(y), "act1")
+    y = batch_norm_relu(self, batch_norm(train, "bn1", **kw), y, "act1")
     y = _conv(self.features, 3, 1, "conv2", **kw)(y)
-    y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     use_fast_variance=False, scale_init=last_init, name="bn2", **kw)(y)
+    y = batch_norm(train, "bn2", scale_init=last_init, **kw)(y)
     return sow_relu(self, y + _shortcut(self, x, self.features, self.stride, self.shortcut,
                                         train), "act2")
 
@@ -89,12 +88,11 @@ class Bottleneck(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     last_init = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
     y = _conv(self.features, 1, 1, "conv1", **kw)(x)
-    y = sow_relu(self, batch_norm(train, "bn1", **kw)(y), "act1")
+    y = batch_norm_relu(self, batch_norm(train, "bn1", **kw), y, "act1")
     y = _conv(self.features, 3, self.stride, "conv2", **kw)(y)
-    y = sow_relu(self, batch_norm(train, "bn2", **kw)(y), "act2")
+    y = batch_norm_relu(self, batch_norm(train, "bn2", **kw), y, "act2")
     y = _conv(self.features * 4, 1, 1, "conv3", **kw)(y)
-    y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     use_fast_variance=False, scale_init=last_init, name="bn3", **kw)(y)
+    y = batch_norm(train, "bn3", scale_init=last_init, **kw)(y)
     return sow_relu(self, y + _shortcut(self, x, self.features * 4, self.stride,
                                         self.shortcut, train), "act3")
 
@@ -150,7 +148,7 @@ class ResNet(nn.Module):
       x = _conv(self.base_width, 3, 1, "conv1", **kw)(x)
     else:
       raise errors.ConfigError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
-    x = sow_relu(self, batch_norm(train, "bn1", **kw)(x), "act1")
+    x = batch_norm_relu(self, batch_norm(train, "bn1", **kw), x, "act1")
     if self.stem == "imagenet":
       x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for s, n in enumerate(self.stage_sizes):
@@ -192,7 +190,7 @@ class CifarResNet(nn.Module):
     n = (self.depth - 2) // 6
     x = jnp.asarray(x, self.dtype)
     x = _conv(16, 3, 1, "conv1", **kw)(x)
-    x = sow_relu(self, batch_norm(train, "bn1", **kw)(x), "act1")
+    x = batch_norm_relu(self, batch_norm(train, "bn1", **kw), x, "act1")
     for s in range(3):
       for b in range(n):
         x = BasicBlock(16 * 2 ** s, 2 if s > 0 and b == 0 else 1, self.shortcut,

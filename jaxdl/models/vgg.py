@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jaxdl.layers import sow_relu
 from jaxdl.layers.conv import Conv
 from jaxdl.layers.inputs import check_images
+from jaxdl.layers.norm import batch_norm
 from jaxdl.layers.pool import max_pool
 from jaxdl.models.registry import register
 
@@ -91,8 +92,7 @@ class VGG(nn.Module):
                name=f"features_{idx}", **kw)(x)
       idx += 1
       if self.use_bn:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         use_fast_variance=False, name=f"features_{idx}", **kw)(x)
+        x = batch_norm(train, f"features_{idx}", **kw)(x)
         idx += 1
       x = sow_relu(self, x, f"features_{idx}")
       idx += 1

@@ -20,26 +20,31 @@ def _reference_float64(x, scale, bias, eps):
   return y, mean, var
 
 
-def _loss(impl, weights):
+def _loss(impl, weights, relu=False):
   """A loss of all three outputs, so that the mean and variance cotangents are non-zero."""
   wy, wm, wv = weights
 
   def f(x, scale, bias):
-    y, mean, var = norm.batch_norm_train(x, scale, bias, 1e-3, impl=impl)
+    y, mean, var = norm.batch_norm_train(x, scale, bias, 1e-3, relu=relu, impl=impl)
     return (jnp.tanh(y) * wy).sum() + (mean * wm).sum() + (var * wv).sum()
   return f
 
 
-@pytest.mark.parametrize("shape", [(4, 5, 6, 7), (3, 9), (2, 3, 4, 5, 2)])
-def test_batch_norm_train_values_and_gradients_against_float64(shape):
+@pytest.mark.parametrize("shape,relu", [((4, 5, 6, 7), False), ((3, 9), False),
+                                        ((2, 3, 4, 5, 2), False), ((4, 5, 6, 7), True),
+                                        ((5, 3, 6), True)])
+def test_batch_norm_train_values_and_gradients_against_float64(shape, relu):
   rng = np.random.default_rng(0)
   c = shape[-1]
   x = rng.standard_normal(shape) * 3 + rng.standard_normal(c)  # per-channel offsets
   scale, bias = rng.standard_normal(c), rng.standard_normal(c)
   weights = tuple(rng.standard_normal(s) for s in (shape, (c,), (c,)))
   y, mean, var = norm.batch_norm_train(*(jnp.asarray(a, jnp.float32) for a in (x, scale, bias)),
-                                       1e-3, impl="fast")
+                                       1e-3, relu=relu, impl="fast")
   ry, rmean, rvar = _reference_float64(x, scale, bias, 1e-3)
+  if relu:
+    assert 0.2 < (ry > 0).mean() < 0.8  # the mask matters
+    ry = np.maximum(ry, 0)
   np.testing.assert_allclose(y, ry, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(mean, rmean, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(var, rvar, rtol=1e-5)
@@ -47,13 +52,13 @@ def test_batch_norm_train_values_and_gradients_against_float64(shape):
     args64 = tuple(jnp.asarray(a, jnp.float64) for a in (x, scale, bias))
     w64 = tuple(jnp.asarray(w, jnp.float64) for w in weights)
     # The float64 reference gradient: autodiff of the plain formulation.
-    ref = jax.grad(_loss("xla", w64), argnums=(0, 1, 2))(*args64)
-    fast64 = jax.grad(_loss("fast", w64), argnums=(0, 1, 2))(*args64)
+    ref = jax.grad(_loss("xla", w64, relu), argnums=(0, 1, 2))(*args64)
+    fast64 = jax.grad(_loss("fast", w64, relu), argnums=(0, 1, 2))(*args64)
   for r, f64 in zip(ref, fast64):  # same math: equal to float64 rounding
     np.testing.assert_allclose(f64, r, rtol=1e-10, atol=1e-12)
   args32 = tuple(jnp.asarray(a, jnp.float32) for a in (x, scale, bias))
   w32 = tuple(jnp.asarray(w, jnp.float32) for w in weights)
-  fast32 = jax.grad(_loss("fast", w32), argnums=(0, 1, 2))(*args32)
+  fast32 = jax.grad(_loss("fast", w32, relu), argnums=(0, 1, 2))(*args32)
   for r, f32 in zip(ref, fast32):
     assert f32.dtype == jnp.float32
     np.testing.assert_allclose(f32, r, rtol=2e-4, atol=2e-4 * float(np.abs(r).max()))
@@ -106,3 +111,27 @@ def test_module_matches_flax_batch_norm(impl):
   eval_ours = norm.BatchNorm(use_running_average=True).apply(v, x)
   eval_theirs = nn.BatchNorm(use_running_average=True, epsilon=1e-5).apply(v, x)
   np.testing.assert_array_equal(eval_ours, eval_theirs)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_relu_fuses_the_relu_and_sows_its_input_when_collected(train):
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return norm.batch_norm_relu(self, norm.batch_norm(train, "bn"), x, "act")
+
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 3, 3, 5)), jnp.float32)
+  net = Net()
+  v = net.init(jax.random.key(0), x)
+  v = {"batch_stats": v["batch_stats"],  # init also sowed: leave its preactivations out
+       "params": {"bn": {"scale": jnp.linspace(-1, 2, 5), "bias": jnp.linspace(-.5, .5, 5)}}}
+  y, state = net.apply(v, x, mutable=["batch_stats"])
+  pre = norm.normalize(x, x.mean((0, 1, 2)), x.var((0, 1, 2)), v["params"]["bn"]["scale"],
+                       v["params"]["bn"]["bias"]) if train else norm.normalize(
+      x, v["batch_stats"]["bn"]["mean"], v["batch_stats"]["bn"]["var"],
+      v["params"]["bn"]["scale"], v["params"]["bn"]["bias"])
+  np.testing.assert_allclose(y, np.maximum(pre, 0), atol=1e-5)
+  y2, col = net.apply(v, x, mutable=["batch_stats", "preactivations"])
+  np.testing.assert_allclose(y2, y, atol=1e-6)
+  np.testing.assert_allclose(col["preactivations"]["act"][0], pre, atol=1e-5)
+  assert "preactivations" not in state
