@@ -180,7 +180,8 @@ def matmul_2d(lhs, rhs, num_contract: int = 1, precision=None,
 
 
 # Bytes per chunk of images in `scan_batch_chunks` (the backward passes of `conv_stride1`,
-# its tap-replicated cotangent, and of `jaxdl.layers.pool.max_pool`): small enough that a
+# its tap-replicated cotangent, of the stride-1 depthwise VJP and of
+# `jaxdl.layers.pool.max_pool`): small enough that a
 # chunk and its operands stay in the last-level cache between the ops that read it
 # (BENCHMARKS.md "Dense KxK convolution gradients on CPU").
 _TAP_CHUNK_BYTES = 8 * 2**20
