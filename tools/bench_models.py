@@ -28,8 +28,8 @@ import os
 import subprocess
 import sys
 import time
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 RES = {"densenet_bc_100_k12": 32}
@@ -161,7 +161,8 @@ def variant(name):
     raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
 
 
-def jax_runner(name, mode, batch, conv="jaxdl"):
+def jax_runner(name, mode, batch, switched_off="jaxdl"):
+  """(run, info) for jaxdl's `name`, compiled under `variant(switched_off)`."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -191,7 +192,7 @@ def jax_runner(name, mode, batch, conv="jaxdl"):
       updates, opt_state = tx.update(grads, opt_state, variables["params"])
       return {"params": optax.apply_updates(variables["params"], updates), **new}, opt_state
 
-    with variant(conv):
+    with variant(switched_off):
       compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
           variables, tx.init(variables["params"]), x, y).compile()
     carry = [variables, tx.init(variables["params"])]
@@ -200,7 +201,7 @@ def jax_runner(name, mode, batch, conv="jaxdl"):
       carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
       jax.block_until_ready(carry[0])
   else:
-    with variant(conv):
+    with variant(switched_off):
       compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
           variables, x).compile()
 
@@ -210,6 +211,15 @@ def jax_runner(name, mode, batch, conv="jaxdl"):
   t0 = time.perf_counter()
   run()  # warm-up
   return run, dict(compile_s=compile_s, warmup_s=time.perf_counter() - t0, params=params)
+
+
+def timed(fn):
+  """fn as a call that returns its wall-clock seconds."""
+  def call():
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+  return call
 
 
 def main(argv=None):
@@ -259,34 +269,31 @@ def main(argv=None):
       batch = args.cifar_batch if name in RES else (
           args.train_batch if mode == "train" else args.infer_batch)
       run, info = jax_runner(name, mode, batch)
-      others = [jax_runner(name, mode, batch, conv=v)[0] for v in variants]
+      others = [jax_runner(name, mode, batch, switched_off=v)[0] for v in variants]
       if worker is not None:
         tinfo = worker.call(model=name, mode=mode, batch=batch)
         assert info["params"] == tinfo["params"], (name, info["params"], tinfo["params"])
-      jt, tt, vt = [], [], [[] for _ in variants]
-      calls = [(run, jt)] + list(zip(others, vt))
+      # (name, a call returning its seconds, the seconds so far); timm reports its own.
+      calls = [("jaxdl", timed(run), [])]
+      if worker is not None:
+        calls.append(("timm", lambda: worker.call(model=name, mode=mode, batch=batch)["s"], []))
+      calls += [(v, timed(o), []) for v, o in zip(variants, others)]
       for r in range(args.repeats):  # one call of each in turn, the order reversed every repeat
-        for i, (fn, times) in enumerate(calls if r % 2 == 0 else calls[::-1]):
-          if worker is not None and i == 1:
-            tt.append(worker.call(model=name, mode=mode, batch=batch)["s"])
-          t0 = time.perf_counter()
-          fn()
-          times.append(time.perf_counter() - t0)
-        if worker is not None and len(calls) == 1:
-          tt.append(worker.call(model=name, mode=mode, batch=batch)["s"])
-      j = batch / float(np.median(jt))
+        for _, call, times in (calls if r % 2 == 0 else calls[::-1]):
+          times.append(call())
+      seconds = {n: times for n, _, times in calls}
+      j = batch / float(np.median(seconds["jaxdl"]))
       row = f"| {name} | {mode} | {batch} | {j:.1f} |"
       if worker is not None:
-        t = batch / float(np.median(tt))
+        t = batch / float(np.median(seconds["timm"]))
         row += f" {t:.1f} | {j / t:.2f}x |"
       row += f" {info['compile_s']:.0f} |"
-      for times in vt:
-        o = batch / float(np.median(times))
+      for v in variants:
+        o = batch / float(np.median(seconds[v]))
         row += f" {o:.1f} | {j / o:.2f}x |"
       print(row, flush=True)
       if args.show_times:
-        names = ["jaxdl"] + (["timm"] if worker is not None else []) + variants
-        for n, times in zip(names, [jt] + ([tt] if worker is not None else []) + vt):
+        for n, times in seconds.items():
           print(f"    {n} s: " + " ".join(f"{t:.3f}" for t in times), flush=True)
   if worker is not None:
     worker.close()

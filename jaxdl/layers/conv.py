@@ -181,9 +181,9 @@ def matmul_2d(lhs, rhs, num_contract: int = 1, precision=None,
 
 # Bytes per chunk of images in `scan_batch_chunks` (the backward passes of `conv_stride1`,
 # its tap-replicated cotangent, of the stride-1 depthwise VJP and of
-# `jaxdl.layers.pool.max_pool`): small enough that a
-# chunk and its operands stay in the last-level cache between the ops that read it
-# (BENCHMARKS.md "Dense KxK convolution gradients on CPU").
+# `jaxdl.layers.pool.max_pool`): small enough that a chunk and its operands stay in the
+# last-level cache between the ops that read it (BENCHMARKS.md "Dense KxK convolution
+# gradients on CPU").
 _TAP_CHUNK_BYTES = 8 * 2**20
 
 
@@ -333,9 +333,8 @@ def depthwise_shifted(x, rhs, strides, preferred_element_type):
   of each kernel tap (RDNet-T's training step: 1.45x faster with the custom VJP, compile
   186 s -> 105 s; BENCHMARKS.md); the backward pass runs over chunks of images
   (`scan_batch_chunks`: rdnet_tiny's step 1.27x faster than over the whole batch). Strided
-  layers keep autodiff: there the same correlation
-  would run over the stride-dilated cotangent, mostly zeros (2.3x slower for MobileNetV2's
-  3x3/2 layer). A custom VJP rules out forward-mode autodiff (`jax.jvp`, `jax.hessian`)
+  layers keep autodiff: there the same correlation would run over the stride-dilated
+  cotangent, mostly zeros (2.3x slower for MobileNetV2's 3x3/2 layer). A custom VJP rules out forward-mode autodiff (`jax.jvp`, `jax.hessian`)
   through the stride-1 layers on CPU; trace under `conv_impl("xla")` for those.
   """
   out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x, rhs))
@@ -380,16 +379,16 @@ def _depthwise_bwd(out_dtype, res, g):
   window = rhs.shape[:n]
   flipped = rhs[tuple(slice(None, None, -1) for _ in range(n))]
   acc = jnp.promote_types(g.dtype, jnp.float32)
+  # Input gradient: dx[p] = sum_k g[p - k] w[k], a full correlation of the cotangent (padded
+  # by K - 1 on both sides) with the flipped kernel.
+  pads = [(0, 0, 0)] + [(k - 1, k - 1, 0) for k in window] + [(0, 0, 0)]
+  # Kernel gradient: one reduction over N and S per tap, accumulated in float32.
+  axes = tuple(range(n + 1))
 
   def one_chunk(dw, xc, gc):
-    # Input gradient: dx[p] = sum_k g[p - k] w[k], a full correlation of the cotangent
-    # (padded by K - 1 on both sides) with the flipped kernel.
-    pads = [(0, 0, 0)] + [(k - 1, k - 1, 0) for k in window] + [(0, 0, 0)]
     gz = lax.pad(gc, jnp.zeros((), gc.dtype), pads)
     dx = _depthwise_sum(gz, flipped, ones, jnp.dtype(x.dtype))
-    # Kernel gradient: one reduction over N and S per tap, accumulated in float32.
     g32 = gc.astype(acc)
-    axes = tuple(range(n + 1))
     taps = [jnp.sum(xs * g32, axis=axes)
             for _, xs in _shifted_terms(xc, window, ones, gc.shape[1:-1])]
     return dw + jnp.stack(taps), dx

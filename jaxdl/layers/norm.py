@@ -8,10 +8,9 @@ variance E[(x - mean)^2] instead of E[x^2] - mean^2 so that converted timm weigh
 same logits to 1e-5.
 
 On CPU (`jaxdl.layers.conv_impl`'s "auto"), training-mode BatchNorm has a custom VJP
-(`batch_norm_train`): XLA:CPU's autodiff of the two-pass statistics materializes x - mean and
-splits the backward pass into several elementwise passes over the activation; the custom VJP
-reads x and the cotangent once for the two per-channel sums and once more for the input
-gradient.
+(`batch_norm_train`): instead of autodiff's several elementwise passes over the activation,
+its backward pass is the two per-channel sums (of g and of g * xhat) and one elementwise pass
+for the input gradient (BENCHMARKS.md "BatchNorm on CPU").
 """
 
 from __future__ import annotations
@@ -58,15 +57,30 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, features, self.param_dtype)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
-    if self.use_running_average:
-      y = normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
-      y = jax.nn.relu(y) if relu else y
-    else:
-      y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, relu=relu)
-      if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    return y.astype(self.dtype or jnp.result_type(x, scale, bias))
+    train = not self.use_running_average
+    y, mean, var = batch_norm_fn(x, scale, bias, ra_mean.value, ra_var.value, train,
+                                 self.dtype, relu, self.epsilon)
+    if train and not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
+
+
+def batch_norm_fn(x, scale, bias, running_mean, running_var, train: bool, dtype: Any = None,
+                  relu: bool = False, epsilon: float = 1e-5):
+  """`BatchNorm`'s arithmetic (then a ReLU if `relu`) as a function: (y, mean, var).
+
+  Training: `batch_norm_train` (batch statistics); evaluation: `normalize` with the running
+  ones, which are returned as (mean, var). y is cast to `dtype` (None: the promoted dtype of
+  x and the parameters).
+  """
+  if train:
+    y, mean, var = batch_norm_train(x, scale, bias, epsilon, relu=relu)
+  else:
+    mean, var = running_mean, running_var
+    y = normalize(x, mean, var, scale, bias, epsilon)
+    y = jax.nn.relu(y) if relu else y
+  return y.astype(dtype or jnp.result_type(x, scale, bias)), mean, var
 
 
 def batch_norm_relu(module: nn.Module, bn: BatchNorm, x: jax.Array, name: str) -> jax.Array:
@@ -139,7 +153,7 @@ def _bn_bwd(epsilon, relu, res, cts):
   g = gy.astype(acc)
   if relu:  # the ReLU's input, recomputed: elementwise work fused into the passes below
     g = jnp.where(xc * a + bias.astype(acc) > 0, g, jnp.zeros((), acc))
-  # The two per-channel sums read x and gy once (XLA fuses them into one loop).
+  # The two per-channel sums over x and gy, then one elementwise pass for dx.
   sum_g = g.sum(axis=axes)
   sum_gx = (g * xc).sum(axis=axes) * rstd  # = sum g * xhat
   # dx = gamma rstd (g - mean(g) - xhat mean(g xhat)) + the terms of the mean and

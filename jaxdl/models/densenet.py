@@ -41,7 +41,7 @@ from jaxdl import errors
 from jaxdl.layers import sow_relu
 from jaxdl.layers.conv import Conv, conv_general_dilated
 from jaxdl.layers.inputs import check_images
-from jaxdl.layers.norm import batch_norm, batch_norm_relu, batch_norm_train, normalize
+from jaxdl.layers.norm import batch_norm, batch_norm_fn, batch_norm_relu
 from jaxdl.layers.pool import max_pool
 from jaxdl.layers.remat import recompute_in_backward
 from jaxdl.models.registry import register
@@ -75,18 +75,6 @@ class _ConvKernel(nn.Module):
     return self.param("kernel", _conv_init, self.shape, self.param_dtype)
 
 
-def _batch_norm_fn(x, scale, bias, running_mean, running_var, train, dtype, relu=False,
-                   epsilon=1e-5):
-  """`nn.BatchNorm`'s arithmetic (then a ReLU if `relu`) as a function: (y, mean, var)."""
-  if train:  # two-pass variance, as use_fast_variance=False
-    y, mean, var = batch_norm_train(x, scale, bias, epsilon, relu=relu)
-  else:
-    mean, var = running_mean, running_var
-    y = normalize(x, mean, var, scale, bias, epsilon)
-    y = jax.nn.relu(y) if relu else y
-  return y.astype(dtype or jnp.result_type(x, scale, bias)), mean, var
-
-
 def _bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre):
   """concat - BN - ReLU - conv1x1 - BN - ReLU of a dense layer, as one pure function.
 
@@ -97,12 +85,12 @@ def _bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre):
   """
   x = jnp.concatenate(features, axis=-1) if len(features) > 1 else features[0]
   # Without want_pre the ReLUs run inside the BatchNorms (fused into their VJPs on CPU).
-  a1, m1, v1 = _batch_norm_fn(x, *norm1, train, dtype, relu=not want_pre)
+  a1, m1, v1 = batch_norm_fn(x, *norm1, train, dtype, relu=not want_pre)
   cdt = dtype or jnp.result_type(a1, conv1)
   h1 = jax.nn.relu(a1) if want_pre else a1
   z = conv_general_dilated(h1.astype(cdt), conv1.astype(cdt), (1, 1),
                            "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  a2, m2, v2 = _batch_norm_fn(z, *norm2, train, dtype, relu=not want_pre)
+  a2, m2, v2 = batch_norm_fn(z, *norm2, train, dtype, relu=not want_pre)
   out = ((jax.nn.relu(a2) if want_pre else a2), (m1, v1), (m2, v2))
   return out + ((a1, a2),) if want_pre else out
 
@@ -128,7 +116,7 @@ def _kernel_bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre,
   z = dense_bottleneck(tuple(f.astype(cdt) for f in features), scale, shift,
                        conv1.astype(cdt), impl=impl, out_dtype=cdt,
                        interpret=jax.default_backend() == "cpu")
-  h, m2, v2 = _batch_norm_fn(z, *norm2, train, dtype, relu=True)
+  h, m2, v2 = batch_norm_fn(z, *norm2, train, dtype, relu=True)
   return h, (mean, var), (m2, v2)
 
 
