@@ -9,8 +9,13 @@ PyTorch environment (--torch-python, default /work/torchvenv/bin/python; eager f
 NCHW, `torch.inference_mode` for inference). For every model and mode the two are timed in
 turns (jaxdl, timm, jaxdl, timm, ...) after one warm-up call each, so that load from other
 processes on a shared machine hits both alike; the table reports medians and the ratio
-jaxdl / timm (> 1: jaxdl faster). Train step = forward + backward + SGD-momentum update with
-BatchNorm in training mode. Compile time is excluded (reported separately).
+jaxdl / timm (> 1: jaxdl faster). Each turn is a block of --block consecutive calls of
+which the first is not counted: the steady state of a training or inference loop. On this
+2-core VM the first jaxdl call after a timm call or a few seconds idle ran up to 1.5x slower
+than the calls after it (rdnet_tiny training: 4.3-5.0 s, then 3.3-3.7 s) and timm's first
+call ~1.1x, so one call per turn (--block 1, what this tool did before 2026-12-03) measured
+jaxdl's re-warm-up, not its throughput. Train step =
+forward + backward + SGD-momentum update with BatchNorm in training mode. Compile time is excluded (reported separately).
 
 --variants adds columns for jaxdl with one of its CPU formulations switched off (VARIANTS),
 compiled in this process and timed in the same rotation: an A/B of that formulation inside
@@ -117,12 +122,30 @@ VARIANTS = {
                "(scan_batch_chunks: conv_stride1, depthwise and max-pool gradients)",
     "no-bn-vjp": "training-mode BatchNorm differentiated by autodiff (no batch_norm_train VJP)",
     "no-bn-relu-fusion": "the ReLU after a BatchNorm outside its VJP (autodiff's saved mask)",
+    "bn-stored-center": "BatchNorm VJP without its fusable sums (XLA:CPU stores x - mean "
+                        "for the variance and the backward's sum)",
 }
 
 
 @contextlib.contextmanager
 def variant(name):
-  """Traces jaxdl with the formulation `name` (a VARIANTS key, or "jaxdl": none) switched off."""
+  """Traces jaxdl with the formulation `name` (a VARIANTS key, or "jaxdl": none) switched off.
+
+  JAX's tracing caches are cleared on entry and exit: the custom VJPs' forward and backward
+  functions are traced once per shape and reused, which would carry a formulation from one
+  variant's compilation into the next.
+  """
+  import jax
+  jax.clear_caches()
+  try:
+    with _switched_off(name):
+      yield
+  finally:
+    jax.clear_caches()
+
+
+@contextlib.contextmanager
+def _switched_off(name):
   from jax import lax
 
   from jaxdl.layers import conv as conv_lib
@@ -145,6 +168,10 @@ def variant(name):
   elif name == "no-bn-vjp":
     from jaxdl.layers import norm
     with mock.patch.object(norm, "_bn_vjp", norm._bn_plain):
+      yield
+  elif name == "bn-stored-center":
+    from jaxdl.layers import norm
+    with mock.patch.object(norm, "_FUSABLE_SUMS", False):
       yield
   elif name == "no-bn-relu-fusion":
     import jax
@@ -238,6 +265,8 @@ def main(argv=None):
   parser.add_argument("--no-timm", action="store_true",
                       help="time jaxdl (and its --variants) only; no PyTorch needed")
   parser.add_argument("--show-times", action="store_true", help="print every call's seconds")
+  parser.add_argument("--block", type=int, default=3,
+                      help="consecutive calls per turn, the first not counted (default 3)")
   parser.add_argument("--torch-python", default="/work/torchvenv/bin/python")
   parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -278,9 +307,11 @@ def main(argv=None):
       if worker is not None:
         calls.append(("timm", lambda: worker.call(model=name, mode=mode, batch=batch)["s"], []))
       calls += [(v, timed(o), []) for v, o in zip(variants, others)]
-      for r in range(args.repeats):  # one call of each in turn, the order reversed every repeat
+      # One block of calls of each in turn, the order reversed every repeat.
+      for r in range(args.repeats):
         for _, call, times in (calls if r % 2 == 0 else calls[::-1]):
-          times.append(call())
+          block = [call() for _ in range(args.block)]
+          times.extend(block[1:] if len(block) > 1 else block)
       seconds = {n: times for n, _, times in calls}
       j = batch / float(np.median(seconds["jaxdl"]))
       row = f"| {name} | {mode} | {batch} | {j:.1f} |"

@@ -99,12 +99,21 @@ def normalize(x, mean, var, scale, bias, epsilon: float = 1e-5):
   return (x - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
 
 
-def _moments(x):
-  """Per-channel mean and biased two-pass variance of x [..., C], in float32 or wider."""
+def _moments(x, fusable: bool = False):
+  """Per-channel mean and biased two-pass variance of x [..., C], in float32 or wider.
+
+  fusable: pass the mean to the variance through `lax.optimization_barrier`. The values are
+  the same; XLA:CPU then computes the variance's sum of (x - mean)^2 in one YNNPACK reduction
+  that reads x, instead of first storing x - mean (an activation-sized write and read). It
+  fuses the subtraction only when the broadcast vector is a computed array, not an
+  expression that it folds into the subtraction (the mean's 1/n), which the barrier keeps
+  apart.
+  """
   xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   axes = tuple(range(x.ndim - 1))
   mean = xf.mean(axis=axes)
-  return mean, jnp.square(xf - mean).mean(axis=axes)
+  center = lax.optimization_barrier(mean) if fusable else mean
+  return mean, jnp.square(xf - center).mean(axis=axes)
 
 
 def batch_norm_train(x, scale, bias, epsilon: float = 1e-5, *, relu: bool = False,
@@ -124,19 +133,25 @@ def batch_norm_train(x, scale, bias, epsilon: float = 1e-5, *, relu: bool = Fals
   return _bn_plain(x, scale, bias, epsilon, relu)
 
 
-def _bn_plain(x, scale, bias, epsilon, relu):
-  mean, var = _moments(x)
+def _bn_plain(x, scale, bias, epsilon, relu, fusable=False):
+  mean, var = _moments(x, fusable)
   y = normalize(x, mean, var, scale, bias, epsilon)
   return (jax.nn.relu(y) if relu else y), mean, var
 
 
+# The formulation of `_bn_fwd` / `_bn_bwd` whose per-channel sums XLA:CPU fuses into one read
+# of x each instead of storing x - mean (BENCHMARKS.md "BatchNorm on CPU"); False: the plain
+# two-pass sums (tools/bench_models.py --variants bn-stored-center).
+_FUSABLE_SUMS = True
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _bn_vjp(x, scale, bias, epsilon, relu):
-  return _bn_plain(x, scale, bias, epsilon, relu)
+  return _bn_plain(x, scale, bias, epsilon, relu, _FUSABLE_SUMS)
 
 
 def _bn_fwd(x, scale, bias, epsilon, relu):
-  y, mean, var = _bn_plain(x, scale, bias, epsilon, relu)
+  y, mean, var = _bn_plain(x, scale, bias, epsilon, relu, _FUSABLE_SUMS)
   return (y, mean, var), (x, scale, bias, mean, var)
 
 
@@ -147,7 +162,8 @@ def _bn_bwd(epsilon, relu, res, cts):
   axes = tuple(range(x.ndim - 1))
   count = x.size // x.shape[-1]
   rstd = lax.rsqrt(var + epsilon)
-  xc = x.astype(acc) - mean
+  xf = x.astype(acc)
+  xc = xf - mean
   gamma = scale.astype(acc)
   a = gamma * rstd
   g = gy.astype(acc)
@@ -155,7 +171,15 @@ def _bn_bwd(epsilon, relu, res, cts):
     g = jnp.where(xc * a + bias.astype(acc) > 0, g, jnp.zeros((), acc))
   # The two per-channel sums over x and gy, then one elementwise pass for dx.
   sum_g = g.sum(axis=axes)
-  sum_gx = (g * xc).sum(axis=axes) * rstd  # = sum g * xhat
+  if _FUSABLE_SUMS:
+    # sum g (x - mean) = sum g (x - s) - (mean - s) sum g with s = x at the first position:
+    # XLA:CPU fuses x - s into the YNNPACK reduction, whereas x - mean (which the forward's
+    # variance computes too) it stores once for both. A shift by a sample of x keeps the
+    # cancellation as small as the two-pass sum's (the shifted-data variance algorithm).
+    s = xf[(0,) * (x.ndim - 1)]
+    sum_gx = ((g * (xf - s)).sum(axis=axes) - (mean - s) * sum_g) * rstd
+  else:
+    sum_gx = (g * xc).sum(axis=axes) * rstd  # = sum g * xhat
   # dx = gamma rstd (g - mean(g) - xhat mean(g xhat)) + the terms of the mean and
   # variance outputs (their cotangents are zero when only running averages use them).
   b = a * rstd * sum_gx / count - 2 * gvar.astype(acc) / count

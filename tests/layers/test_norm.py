@@ -64,6 +64,30 @@ def test_batch_norm_train_values_and_gradients_against_float64(shape, relu):
     np.testing.assert_allclose(f32, r, rtol=2e-4, atol=2e-4 * float(np.abs(r).max()))
 
 
+@pytest.mark.parametrize("offset", [300.0, 1000.0])
+def test_batch_norm_train_gradients_with_large_offsets_and_an_outlier_first_position(offset):
+  """The backward's sum of g (x - mean) is shifted by x's first position (`_bn_bwd`): with
+  channel means `offset` standard deviations from zero and that first position 30 from the
+  mean, its float32 gradients are as close to float64 as float32 autodiff's (the unshifted
+  sum g x - mean sum g is 1.6-2.3x further off here)."""
+  rng = np.random.default_rng(3)
+  shape = (8, 6, 6, 5)
+  x = rng.standard_normal(shape) + offset * rng.choice([-1, 1], shape[-1])
+  x[0, 0, 0] += 30
+  x = x.astype(np.float32).astype(np.float64)  # float64 sees the float32 inputs
+  scale, bias = rng.standard_normal(5), rng.standard_normal(5)
+  weights = tuple(rng.standard_normal(s) for s in (shape, (5,), (5,)))
+
+  def grads(impl, dtype):
+    f = _loss(impl, tuple(jnp.asarray(w, dtype) for w in weights), relu=True)
+    return jax.grad(f, argnums=(0, 1, 2))(*(jnp.asarray(a, dtype) for a in (x, scale, bias)))
+  with jax.enable_x64(True):
+    ref = [np.asarray(r) for r in grads("xla", jnp.float64)]
+  for r, fast, plain in zip(ref, grads("fast", jnp.float32), grads("xla", jnp.float32)):
+    err = lambda g: float(np.abs(np.asarray(g, np.float64) - r).max())
+    assert err(fast) <= 1.25 * err(plain) + 1e-7 * float(np.abs(r).max())
+
+
 def test_batch_norm_train_bfloat16_input_keeps_float32_statistics():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((6, 5, 4)) * 2 + 1, jnp.bfloat16)

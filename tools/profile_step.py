@@ -1,0 +1,112 @@
+"""Where a jaxdl training (or inference) step spends its time on this machine, op by op.
+
+  PYTHONPATH=. python tools/profile_step.py --model densenet121 --batch 8
+  PYTHONPATH=. python tools/profile_step.py --model rdnet_tiny --mode infer --top 40
+  PYTHONPATH=. python tools/profile_step.py --model resnet50 --variant no-bn-vjp
+
+Compiles the same step as tools/bench_models.py (optionally under one of its --variants),
+runs it --steps times under `jax.profiler.trace`, and sums the executed XLA ops' wall time by
+name from the Perfetto trace. Each op name is joined to the optimized HLO (dumped by XLA in
+the same process) to show what it computes: its kind (fusion, custom-call, convolution, ...)
+and result shape. Totals are per step. On CPU the host-side ops of one step run in sequence
+(each op may use several threads), so the per-op sums add up to about the step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def hlo_index(dump_dir):
+  """{instruction name: 'kind shape op_name'} from the optimized HLO of the dumped step modules."""
+  index = {}
+  pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)?) ([\w\-]+)\(")
+  for path in glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt")):
+    with open(path) as f:
+      for line in f:
+        m = pattern.match(line)
+        if m:
+          name, shape, kind = m.groups()
+          if kind == "fusion":
+            kind = "fusion:" + (re.search(r"kind=(\w+)", line) or [None, "?"])[1]
+          elif kind == "custom-call":
+            kind = "custom-call:" + (re.search(r'custom_call_target="([^"]+)"', line)
+                                     or [None, "?"])[1]
+          op = re.search(r'op_name="([^"]*)"', line)
+          op = "/".join(op[1].split("/")[-3:]) if op else ""
+          index.setdefault(name, f"{kind} {shape.split('{')[0]} {op}")
+  return index
+
+
+def op_times(trace_dir):
+  """{event name: total microseconds} over the "X" events of the Perfetto trace(s)."""
+  totals = collections.Counter()
+  counts = collections.Counter()
+  for path in glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True):
+    with gzip.open(path) as f:
+      events = json.load(f)
+    for e in events.get("traceEvents", events) if isinstance(events, dict) else events:
+      if e.get("ph") == "X" and "dur" in e:
+        totals[e["name"]] += float(e["dur"])
+        counts[e["name"]] += 1
+  return totals, counts
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model", default="densenet121")
+  parser.add_argument("--mode", choices=["train", "infer"], default="train")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--top", type=int, default=30)
+  parser.add_argument("--variant", default="jaxdl",
+                      help="one of tools/bench_models.py's --variants (default: none)")
+  parser.add_argument("--out", default=None, help="keep the HLO dump and trace here")
+  args = parser.parse_args(argv)
+  out = args.out or tempfile.mkdtemp(prefix="jaxdl_profile_")
+  dump = os.path.join(out, "hlo")
+  flags = os.environ.get("XLA_FLAGS", "")
+  os.environ["XLA_FLAGS"] = (f"{flags} --xla_dump_to={dump} --xla_dump_hlo_as_text "
+                             "--xla_dump_hlo_module_re=.*(step|lambda).*")
+  sys.path.insert(0, str(REPO / "tools"))
+  import jax
+
+  import bench_models
+  run, info = bench_models.jax_runner(args.model, args.mode, args.batch,
+                                      switched_off=args.variant)
+  trace = os.path.join(out, "trace")
+  with jax.profiler.trace(trace, create_perfetto_trace=True):
+    for _ in range(args.steps):
+      run()
+  totals, counts = op_times(trace)
+  index = hlo_index(dump)
+  ops = {n: t for n, t in totals.items() if n in index}
+  step_us = sum(ops.values()) / args.steps
+  print(f"{args.model} {args.mode} batch {args.batch} (variant {args.variant}): "
+        f"{step_us / 1e3:.1f} ms per step in {len(ops)} XLA ops; output in {out}")
+  kinds = collections.Counter()
+  for n, t in ops.items():
+    kinds[index[n].split(" ")[0]] += t / args.steps
+  print("\nby kind:")
+  for k, t in kinds.most_common():
+    print(f"  {t / 1e3:9.1f} ms  {100 * t / step_us:5.1f}%  {k}")
+  print(f"\ntop {args.top} ops:")
+  for n, t in sorted(ops.items(), key=lambda kv: -kv[1])[:args.top]:
+    per = t / args.steps
+    print(f"  {per / 1e3:8.1f} ms  {100 * per / step_us:5.1f}%  x{counts[n] // args.steps:<3d}"
+          f" {n}  {index[n]}")
+
+
+if __name__ == "__main__":
+  main()
