@@ -124,6 +124,8 @@ VARIANTS = {
     "no-bn-relu-fusion": "the ReLU after a BatchNorm outside its VJP (autodiff's saved mask)",
     "bn-stored-center": "BatchNorm VJP without its fusable sums (XLA:CPU stores x - mean "
                         "for the variance and the backward's sum)",
+    "dw-kgrad-whole": "depthwise kernel gradient as one reduction per tap over the whole "
+                      "chunk of images, not a scan over blocks of rows",
 }
 
 
@@ -146,6 +148,7 @@ def variant(name):
 
 @contextlib.contextmanager
 def _switched_off(name):
+  import jax.numpy as jnp
   from jax import lax
 
   from jaxdl.layers import conv as conv_lib
@@ -172,6 +175,13 @@ def _switched_off(name):
   elif name == "bn-stored-center":
     from jaxdl.layers import norm
     with mock.patch.object(norm, "_FUSABLE_SUMS", False):
+      yield
+  elif name == "dw-kgrad-whole":
+    def whole(xp, g, window, acc):
+      terms = conv_lib._shifted_terms(xp, window, (1,) * (g.ndim - 2), g.shape[1:-1])
+      return jnp.stack([jnp.sum(t * g.astype(acc), axis=tuple(range(g.ndim - 1)))
+                        for _, t in terms])
+    with mock.patch.object(conv_lib, "_depthwise_kernel_grad", whole):
       yield
   elif name == "no-bn-relu-fusion":
     import jax

@@ -161,6 +161,32 @@ def test_depthwise_custom_vjp_dtypes_1d_and_second_order():
   np.testing.assert_allclose(gw.astype(jnp.float32), gw32, rtol=3e-2, atol=3e-2)
 
 
+@pytest.mark.parametrize("shape,window,budget_rows", [
+    ((3, 10, 7, 5), (7, 7), 2),     # blocks of 2 rows, the 7x7 window taller than a block
+    ((2, 9, 6, 4), (3, 3), 4),      # 9 rows: no divisor within budget above 3 -> blocks of 3
+    ((2, 7, 4, 3), (5, 5), 0),      # budget below one row: blocks of one row
+    ((2, 11, 3), (5,), 3),          # 1-D
+    ((1, 4, 3, 5, 2), (3, 2, 3), 1),  # 3-D: blocks along the first spatial axis
+])
+def test_depthwise_kernel_gradient_over_row_blocks_against_float64(monkeypatch, shape, window,
+                                                                   budget_rows):
+  """`_depthwise_kernel_grad` (a scan over blocks of rows of one image) equals the per-tap
+  sums of shifted x times g over all images and positions, computed in float64."""
+  rng = np.random.default_rng(5)
+  n = len(window)
+  padded = (shape[0],) + tuple(s + k - 1 for s, k in zip(shape[1:-1], window)) + shape[-1:]
+  xp = rng.standard_normal(padded)
+  g = rng.standard_normal(shape)
+  row_bytes = int(np.prod(shape[2:])) * 4
+  monkeypatch.setattr(lc, "_ROW_BLOCK_BYTES", budget_rows * row_bytes)
+  got = lc._depthwise_kernel_grad(jnp.asarray(xp, jnp.float32), jnp.asarray(g, jnp.float32),
+                                  window, jnp.float32)
+  want = [np.sum(xp[(slice(None),) + tuple(slice(o, o + s) for o, s in zip(off, shape[1:-1]))]
+                 * g, axis=tuple(range(n + 1)))
+          for off in np.ndindex(*window)]
+  np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-5)
+
+
 STRIDE1_CASES = [  # x shape, kernel shape, pads, dimension numbers
     ((3, 11, 5), (4, 5, 6), ((2, 1),), ("NHC", "HIO", "NHC")),
     ((2, 3, 5, 4, 4), (3, 2, 3, 4, 2), ((1, 1), (0, 1), (2, 0)), ("NDHWC", "DHWIO", "NDHWC")),
