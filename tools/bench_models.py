@@ -14,8 +14,8 @@ which the first is not counted: the steady state of a training or inference loop
 2-core VM the first jaxdl call after a timm call or a few seconds idle ran up to 1.5x slower
 than the calls after it (rdnet_tiny training: 4.3-5.0 s, then 3.3-3.7 s) and timm's first
 call ~1.1x, so one call per turn (--block 1, what this tool did before 2026-12-03) measured
-jaxdl's re-warm-up, not its throughput. Train step =
-forward + backward + SGD-momentum update with BatchNorm in training mode. Compile time is excluded (reported separately).
+jaxdl's re-warm-up, not its throughput. Train step = forward + backward + SGD-momentum
+update with BatchNorm in training mode. Compile time is excluded (reported separately).
 
 --variants adds columns for jaxdl with one of its CPU formulations switched off (VARIANTS),
 compiled in this process and timed in the same rotation: an A/B of that formulation inside
@@ -283,6 +283,8 @@ def main(argv=None):
   if args.torch_worker:
     torch_worker()
     return
+  if args.block < 1:
+    parser.error(f"--block must be at least 1, got {args.block}")
   variants = list(dict.fromkeys(args.variants + (["xla-conv"] if args.with_xla_conv else [])))
   if args.no_timm and not variants:
     parser.error("--no-timm leaves nothing to compare with: add --variants")

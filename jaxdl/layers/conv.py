@@ -332,10 +332,12 @@ def depthwise_shifted(x, rhs, strides, preferred_element_type):
   the K*K shifted products instead gives K*K padded full-size terms and full-size broadcasts
   of each kernel tap (RDNet-T's training step: 1.45x faster with the custom VJP, compile
   186 s -> 105 s; BENCHMARKS.md); the backward pass runs over chunks of images
-  (`scan_batch_chunks`: rdnet_tiny's step 1.27x faster than over the whole batch). Strided
+  (`scan_batch_chunks`: rdnet_tiny's step 1.27x faster than over the whole batch), and the
+  kernel gradient over blocks of rows of one image (`_depthwise_kernel_grad`). Strided
   layers keep autodiff: there the same correlation would run over the stride-dilated
-  cotangent, mostly zeros (2.3x slower for MobileNetV2's 3x3/2 layer). A custom VJP rules out forward-mode autodiff (`jax.jvp`, `jax.hessian`)
-  through the stride-1 layers on CPU; trace under `conv_impl("xla")` for those.
+  cotangent, mostly zeros (2.3x slower for MobileNetV2's 3x3/2 layer). A custom VJP rules
+  out forward-mode autodiff (`jax.jvp`, `jax.hessian`) through the stride-1 layers on CPU;
+  trace under `conv_impl("xla")` for those.
   """
   out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x, rhs))
   if all(s == 1 for s in strides):
