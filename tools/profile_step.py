@@ -3,13 +3,18 @@
   PYTHONPATH=. python tools/profile_step.py --model densenet121 --batch 8
   PYTHONPATH=. python tools/profile_step.py --model rdnet_tiny --mode infer --top 40
   PYTHONPATH=. python tools/profile_step.py --model resnet50 --variant no-bn-vjp
+  PYTHONPATH=. python tools/profile_step.py --model rdnet_tiny --group 'layers_\d'
 
 Compiles the same step as tools/bench_models.py (optionally under one of its --variants),
 runs it --steps times under `jax.profiler.trace`, and sums the executed XLA ops' wall time by
 name from the Perfetto trace. Each op name is joined to the optimized HLO (dumped by XLA in
 the same process) to show what it computes: its kind (fusion, custom-call, convolution, ...)
-and result shape. Totals are per step. On CPU the host-side ops of one step run in sequence
-(each op may use several threads), so the per-op sums add up to about the step time.
+and result shape, and its op_name (the JAX source op of the fusion's root: a YNNPACK fusion
+can hold several ops, e.g. a ResNet's last convolutions together with the global average
+pool, and is counted under its root). Totals are per step. On CPU the ops of one step run
+in sequence (each op may use several threads), so the per-op sums add up to about the step
+time. --group REGEX also sums them by a part of their op_name (module names), forward and
+backward apart.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def hlo_index(dump_dir):
-  """{instruction name: 'kind shape op_name'} from the optimized HLO of the dumped step modules."""
+  """{instruction name: 'kind shape op_name'} from the optimized HLO of the dumped step modules
+  (no spaces within the three fields)."""
   index = {}
   pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)?) ([\w\-]+)\(")
   for path in glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt")):
@@ -44,8 +50,8 @@ def hlo_index(dump_dir):
             kind = "custom-call:" + (re.search(r'custom_call_target="([^"]+)"', line)
                                      or [None, "?"])[1]
           op = re.search(r'op_name="([^"]*)"', line)
-          op = "/".join(op[1].split("/")[-3:]) if op else ""
-          index.setdefault(name, f"{kind} {shape.split('{')[0]} {op}")
+          op = op[1].replace(" ", "_") if op else ""
+          index.setdefault(name, f"{kind} {shape.split('{')[0].replace(' ', '')} {op}")
   return index
 
 
@@ -73,6 +79,10 @@ def main(argv=None):
   parser.add_argument("--variant", default="jaxdl",
                       help="one of tools/bench_models.py's --variants (default: none)")
   parser.add_argument("--out", default=None, help="keep the HLO dump and trace here")
+  parser.add_argument("--group", default=None, metavar="REGEX",
+                      help="also sum the ops by the first match of REGEX in their op_name "
+                           "(e.g. 'layers_\\d' for RDNet's mixer layers, 'norm\\d?|conv\\d' "
+                           "for DenseNet); 'transpose' in an op_name marks the backward pass")
   args = parser.parse_args(argv)
   out = args.out or tempfile.mkdtemp(prefix="jaxdl_profile_")
   dump = os.path.join(out, "hlo")
@@ -101,11 +111,22 @@ def main(argv=None):
   print("\nby kind:")
   for k, t in kinds.most_common():
     print(f"  {t / 1e3:9.1f} ms  {100 * t / step_us:5.1f}%  {k}")
+  if args.group:
+    groups = collections.Counter()
+    for n, t in ops.items():
+      op = index[n].split(" ", 2)[-1]
+      m = re.search(args.group, op)
+      key = (m.group(0) if m else "(other)", "backward" if "transpose" in op else "forward")
+      groups[key] += t / args.steps
+    print(f"\nby {args.group!r} in op_name:")
+    for (g, direction), t in groups.most_common():
+      print(f"  {t / 1e3:9.1f} ms  {100 * t / step_us:5.1f}%  {g} ({direction})")
   print(f"\ntop {args.top} ops:")
   for n, t in sorted(ops.items(), key=lambda kv: -kv[1])[:args.top]:
     per = t / args.steps
+    kind, shape, op = (index[n].split(" ", 2) + [""])[:3]
     print(f"  {per / 1e3:8.1f} ms  {100 * per / step_us:5.1f}%  x{counts[n] // args.steps:<3d}"
-          f" {n}  {index[n]}")
+          f" {n}  {kind} {shape} {'/'.join(op.split('/')[-3:])}")
 
 
 if __name__ == "__main__":
