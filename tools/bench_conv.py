@@ -26,6 +26,13 @@ transpose it inserts for the 4-D dot's kernel gradient.
 Max pooling (POOL_SHAPES): `jaxdl.layers.pool.max_pool` with impl="xla" (`nn.max_pool`,
 XLA's reduce-window and its gradient) and impl="fast" (the custom VJP); "bwd" is the VJP
 (forward + backward), GB/s counts the input read once and its gradient written once.
+
+  PYTHONPATH=. python tools/bench_conv.py --dw-kgrad --repeats 10
+
+The stride-1 depthwise kernel gradient of one image (DW_KGRAD_SHAPES: RDNet-T's 7x7 at the
+widest layer of each stage): column "xla" is one reduction per tap over the whole image
+(what the VJP did before the row blocks), "fast" is `_depthwise_kernel_grad` (the same
+reductions over blocks of rows that stay in cache).
 """
 
 from __future__ import annotations
@@ -73,6 +80,13 @@ DENSE_SHAPES = [
     ("pfn_tabular MLP fc1", (64, 1024, 128), (128, 256)),
     ("protopnet distances (VGG-16 7x7, 2000 prototypes)", (80, 49, 128), (128, 2000)),
 ]
+# name, cotangent [N, H, W, C], window (the padded input is [N, H + kh - 1, W + kw - 1, C])
+DW_KGRAD_SHAPES = [
+    ("rdnet_tiny stage 1 7x7 (56x56, C=192)", (1, 56, 56, 192), (7, 7)),
+    ("rdnet_tiny stage 2 7x7 (28x28, C=400)", (1, 28, 28, 400), (7, 7)),
+    ("rdnet_tiny stage 3 7x7 (14x14, C=800)", (1, 14, 14, 800), (7, 7)),
+    ("mobilenetv2 3x3 (56x56, C=144)", (1, 56, 56, 144), (3, 3)),
+]
 # name, input [N, H, W, C], window, strides, padding
 POOL_SHAPES = [
     ("resnet50 / densenet121 stem 3x3/2", (8, 112, 112, 64), (3, 3), (2, 2), ((1, 1), (1, 1))),
@@ -93,12 +107,30 @@ def main():
   p.add_argument("--dense", action="store_true",
                  help="time the dense contractions (DENSE_SHAPES) instead of the convolutions")
   p.add_argument("--pool", action="store_true", help="time max pooling (POOL_SHAPES)")
+  p.add_argument("--dw-kgrad", action="store_true",
+                 help="time the depthwise kernel gradient (DW_KGRAD_SHAPES): per-tap "
+                      "reductions over the whole image (xla) vs over row blocks (fast)")
   args = p.parse_args()
   print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), "
         f"repeats {args.repeats} (median)")
   unit = "GB/s" if args.pool else "GFLOP/s"  # pooling: input read + gradient written
   print(f"| layer | pass | xla ms | fast ms | xla {unit} | fast {unit} | xla / fast |")
   print("|---|---|---:|---:|---:|---:|---:|")
+  if args.dw_kgrad:
+    for name, gs, window in DW_KGRAD_SHAPES:
+      xs = (gs[0],) + tuple(s + k - 1 for s, k in zip(gs[1:-1], window)) + gs[-1:]
+      x = jax.random.normal(jax.random.key(0), xs)
+      g = jax.random.normal(jax.random.key(1), gs)
+
+      def whole(x, g, window=window):
+        terms = lc._shifted_terms(x, window, (1, 1), g.shape[1:-1])
+        return jnp.stack([jnp.sum(t * g, axis=(0, 1, 2)) for _, t in terms])
+      fns = {"xla": jax.jit(whole),
+             "fast": jax.jit(lambda x, g, window=window: lc._depthwise_kernel_grad(
+                 x, g, window, jnp.float32))}
+      _report(name, (("kgrad", fns, (x, g), 2 * int(np.prod(gs)) * int(np.prod(window))),),
+              args.repeats)
+    return
   if args.pool:
     for name, xs, window, strides, padding in POOL_SHAPES:
       x = jax.random.normal(jax.random.key(0), xs)
