@@ -413,7 +413,8 @@ def _depthwise_kernel_grad(xp, g, window, acc):
   One reduction per tap over all of g stores each tap's slice of x (XLA:CPU does not fuse
   the slice into its YNNPACK reduction) and reads it back from memory: K*K activation-sized
   round trips. A scan over blocks of rows of one image at a time keeps them in cache instead
-  (RDNet's 7x7 at 56x56: 5x faster per image, BENCHMARKS.md "Depthwise backward").
+  (RDNet's 7x7: 2.2-3.1x faster per image, `tools/bench_conv.py --dw-kgrad`; BENCHMARKS.md
+  "Depthwise kernel gradient over blocks of rows").
   """
   n_images, rows = g.shape[0], g.shape[1]
   row_bytes = math.prod(g.shape[2:]) * jnp.dtype(acc).itemsize
