@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from jaxdl.layers import get_initializer, sow_relu
 from jaxdl.layers.conv import Conv
-from jaxdl.layers.norm import batch_norm
+from jaxdl.layers.norm import batch_norm, batch_norm_relu
 from jaxdl.layers.pool import max_pool
 from jaxdl.models.registry import register
 
@@ -54,9 +54,11 @@ class CNN(nn.Module):
         name = f"stage{s}_conv{c}"
         x = Conv(ch, (3, 3), use_bias=not self.use_bn, kernel_init=kinit, dtype=self.dtype,
                  param_dtype=self.param_dtype, name=name)(x)
-        if self.use_bn:
-          x = batch_norm(train, f"stage{s}_bn{c}", self.dtype, self.param_dtype)(x)
-        x = sow_relu(self, x, f"{name}_relu")
+        if self.use_bn:  # the ReLU fused into the BatchNorm (`batch_norm_relu`)
+          bn = batch_norm(train, f"stage{s}_bn{c}", self.dtype, self.param_dtype)
+          x = batch_norm_relu(self, bn, x, f"{name}_relu")
+        else:
+          x = sow_relu(self, x, f"{name}_relu")
       if self.features_only and s == len(self.features) - 1:
         return x
       x = max_pool(x, (2, 2), strides=(2, 2), padding="SAME")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jaxdl.layers import sow_relu
 from jaxdl.layers.conv import Conv
 from jaxdl.layers.inputs import check_images
-from jaxdl.layers.norm import batch_norm
+from jaxdl.layers.norm import batch_norm, batch_norm_relu
 from jaxdl.layers.pool import max_pool
 from jaxdl.models.registry import register
 
@@ -91,10 +91,12 @@ class VGG(nn.Module):
       x = Conv(int(v), (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
                name=f"features_{idx}", **kw)(x)
       idx += 1
-      if self.use_bn:
-        x = batch_norm(train, f"features_{idx}", **kw)(x)
+      if self.use_bn:  # the ReLU fused into the BatchNorm (`batch_norm_relu`)
+        bn = batch_norm(train, f"features_{idx}", **kw)
         idx += 1
-      x = sow_relu(self, x, f"features_{idx}")
+        x = batch_norm_relu(self, bn, x, f"features_{idx}")
+      else:
+        x = sow_relu(self, x, f"features_{idx}")
       idx += 1
     if self.features_only:
       return x
