@@ -289,10 +289,13 @@ def scan_batch_chunks(fn, carry, xs, per_image_bytes: int):
   return carry, jax.tree.map(lambda y: y.reshape((batch,) + y.shape[2:]), ys)
 
 
-def _chunk_size(batch: int, per_image_bytes: int, max_chunk: int | None = None) -> int:
-  """The largest divisor of `batch` (<= max_chunk) within `_TAP_CHUNK_BYTES` (at least 1)."""
+def _chunk_size(batch: int, per_image_bytes: int, max_chunk: int | None = None,
+                budget: int | None = None) -> int:
+  """The largest divisor of `batch` (<= max_chunk) whose chunk fits `budget` bytes (None:
+  `_TAP_CHUNK_BYTES`), at least 1."""
+  budget = _TAP_CHUNK_BYTES if budget is None else budget
   fits = [d for d in range(1, (max_chunk or batch) + 1)
-          if batch % d == 0 and d * per_image_bytes <= _TAP_CHUNK_BYTES]
+          if batch % d == 0 and d * per_image_bytes <= budget]
   return max(fits, default=1)
 
 
@@ -418,8 +421,7 @@ def _depthwise_kernel_grad(xp, g, window, acc):
   """
   n_images, rows = g.shape[0], g.shape[1]
   row_bytes = math.prod(g.shape[2:]) * jnp.dtype(acc).itemsize
-  block = max([d for d in range(1, rows + 1)
-               if rows % d == 0 and d * row_bytes <= _ROW_BLOCK_BYTES], default=1)
+  block = _chunk_size(rows, row_bytes, budget=_ROW_BLOCK_BYTES)
   blocks = rows // block
   ones = (1,) * (g.ndim - 2)
   axes = tuple(range(g.ndim - 1))
