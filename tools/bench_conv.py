@@ -95,6 +95,14 @@ POOL_SHAPES = [
 ]
 
 
+def dw_kgrad_whole(xp, g, window, acc=jnp.float32):
+  """The depthwise kernel gradient as one reduction per tap over all of g [N, *S, C] (the
+  baseline of `jaxdl.layers.conv._depthwise_kernel_grad`, which has the same contract)."""
+  terms = lc._shifted_terms(xp, window, (1,) * (g.ndim - 2), g.shape[1:-1])
+  return jnp.stack([jnp.sum(t * g.astype(acc), axis=tuple(range(g.ndim - 1)))
+                    for _, t in terms])
+
+
 def _timed(f, args):
   t = time.perf_counter()
   jax.block_until_ready(f(*args))
@@ -121,11 +129,7 @@ def main():
       xs = (gs[0],) + tuple(s + k - 1 for s, k in zip(gs[1:-1], window)) + gs[-1:]
       x = jax.random.normal(jax.random.key(0), xs)
       g = jax.random.normal(jax.random.key(1), gs)
-
-      def whole(x, g, window=window):
-        terms = lc._shifted_terms(x, window, (1, 1), g.shape[1:-1])
-        return jnp.stack([jnp.sum(t * g, axis=(0, 1, 2)) for _, t in terms])
-      fns = {"xla": jax.jit(whole),
+      fns = {"xla": jax.jit(lambda x, g, window=window: dw_kgrad_whole(x, g, window)),
              "fast": jax.jit(lambda x, g, window=window: lc._depthwise_kernel_grad(
                  x, g, window, jnp.float32))}
       _report(name, (("kgrad", fns, (x, g), 2 * int(np.prod(gs)) * int(np.prod(window))),),

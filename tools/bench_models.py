@@ -148,7 +148,6 @@ def variant(name):
 
 @contextlib.contextmanager
 def _switched_off(name):
-  import jax.numpy as jnp
   from jax import lax
 
   from jaxdl.layers import conv as conv_lib
@@ -177,11 +176,9 @@ def _switched_off(name):
     with mock.patch.object(norm, "_FUSABLE_SUMS", False):
       yield
   elif name == "dw-kgrad-whole":
-    def whole(xp, g, window, acc):
-      terms = conv_lib._shifted_terms(xp, window, (1,) * (g.ndim - 2), g.shape[1:-1])
-      return jnp.stack([jnp.sum(t * g.astype(acc), axis=tuple(range(g.ndim - 1)))
-                        for _, t in terms])
-    with mock.patch.object(conv_lib, "_depthwise_kernel_grad", whole):
+    sys.path.insert(0, str(REPO / "tools"))
+    from bench_conv import dw_kgrad_whole
+    with mock.patch.object(conv_lib, "_depthwise_kernel_grad", dw_kgrad_whole):
       yield
   elif name == "no-bn-relu-fusion":
     import jax
