@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def hlo_index(dump_dir):
-  """{instruction name: 'kind shape op_name'} from the optimized HLO of the dumped step modules
-  (no spaces within the three fields)."""
+  """{instruction name: (kind, shape, op_name)} from the optimized HLO of the dumped step
+  modules."""
   index = {}
   pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)?) ([\w\-]+)\(")
   for path in glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt")):
@@ -50,8 +50,7 @@ def hlo_index(dump_dir):
             kind = "custom-call:" + (re.search(r'custom_call_target="([^"]+)"', line)
                                      or [None, "?"])[1]
           op = re.search(r'op_name="([^"]*)"', line)
-          op = op[1].replace(" ", "_") if op else ""
-          index.setdefault(name, f"{kind} {shape.split('{')[0].replace(' ', '')} {op}")
+          index.setdefault(name, (kind, shape.split("{")[0], op[1] if op else ""))
   return index
 
 
@@ -81,8 +80,8 @@ def main(argv=None):
   parser.add_argument("--out", default=None, help="keep the HLO dump and trace here")
   parser.add_argument("--group", default=None, metavar="REGEX",
                       help="also sum the ops by the first match of REGEX in their op_name "
-                           "(e.g. 'layers_\\d' for RDNet's mixer layers, 'norm\\d?|conv\\d' "
-                           "for DenseNet); 'transpose' in an op_name marks the backward pass")
+                           "(e.g. 'layers_\\d' for RDNet's mixer layers, "
+                           "'denseblock\\d|transition\\d' for DenseNet); 'transpose' in an op_name marks the backward pass")
   args = parser.parse_args(argv)
   out = args.out or tempfile.mkdtemp(prefix="jaxdl_profile_")
   dump = os.path.join(out, "hlo")
@@ -107,14 +106,14 @@ def main(argv=None):
         f"{step_us / 1e3:.1f} ms per step in {len(ops)} XLA ops; output in {out}")
   kinds = collections.Counter()
   for n, t in ops.items():
-    kinds[index[n].split(" ")[0]] += t / args.steps
+    kinds[index[n][0]] += t / args.steps
   print("\nby kind:")
   for k, t in kinds.most_common():
     print(f"  {t / 1e3:9.1f} ms  {100 * t / step_us:5.1f}%  {k}")
   if args.group:
     groups = collections.Counter()
     for n, t in ops.items():
-      op = index[n].split(" ", 2)[-1]
+      op = index[n][2]
       m = re.search(args.group, op)
       key = (m.group(0) if m else "(other)", "backward" if "transpose" in op else "forward")
       groups[key] += t / args.steps
@@ -124,7 +123,7 @@ def main(argv=None):
   print(f"\ntop {args.top} ops:")
   for n, t in sorted(ops.items(), key=lambda kv: -kv[1])[:args.top]:
     per = t / args.steps
-    kind, shape, op = (index[n].split(" ", 2) + [""])[:3]
+    kind, shape, op = index[n]
     print(f"  {per / 1e3:8.1f} ms  {100 * per / step_us:5.1f}%  x{counts[n] // args.steps:<3d}"
           f" {n}  {kind} {shape} {'/'.join(op.split('/')[-3:])}")
 
