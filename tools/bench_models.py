@@ -126,6 +126,7 @@ VARIANTS = {
                         "for the variance and the backward's sum)",
     "dw-kgrad-whole": "depthwise kernel gradient as one reduction per tap over the whole "
                       "chunk of images, not a scan over blocks of rows",
+    "gelu-erfc": "GELU as nn.gelu(approximate=False) (erfc form) instead of erf's",
 }
 
 
@@ -174,6 +175,13 @@ def _switched_off(name):
   elif name == "bn-stored-center":
     from jaxdl.layers import norm
     with mock.patch.object(norm, "_FUSABLE_SUMS", False):
+      yield
+  elif name == "gelu-erfc":
+    import jax
+
+    from jaxdl.layers import activations
+    erfc_form = lambda x: jax.nn.gelu(x, approximate=False)
+    with mock.patch.dict(activations._ACTIVATIONS, {"gelu": erfc_form}):
       yield
   elif name == "dw-kgrad-whole":
     sys.path.insert(0, str(REPO / "tools"))
