@@ -81,7 +81,8 @@ def main(argv=None):
   parser.add_argument("--group", default=None, metavar="REGEX",
                       help="also sum the ops by the first match of REGEX in their op_name "
                            "(e.g. 'layers_\\d' for RDNet's mixer layers, "
-                           "'denseblock\\d|transition\\d' for DenseNet); 'transpose' in an op_name marks the backward pass")
+                           "'denseblock\\d|transition\\d' for DenseNet); 'transpose' in an "
+                           "op_name marks the backward pass")
   args = parser.parse_args(argv)
   out = args.out or tempfile.mkdtemp(prefix="jaxdl_profile_")
   dump = os.path.join(out, "hlo")

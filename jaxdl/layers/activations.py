@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxdl import errors
 
+
 def gelu(x: jax.Array) -> jax.Array:
   """Exact GELU x Phi(x), as PyTorch computes it: x * (1 + erf(x / sqrt(2))) / 2.
 
