@@ -30,9 +30,10 @@ XLA's reduce-window and its gradient) and impl="fast" (the custom VJP); "bwd" is
   PYTHONPATH=. python tools/bench_conv.py --dw-kgrad --repeats 10
 
 The stride-1 depthwise kernel gradient of one image (DW_KGRAD_SHAPES: RDNet-T's 7x7 at the
-widest layer of each stage): column "xla" is one reduction per tap over the whole image
-(what the VJP did before the row blocks), "fast" is `_depthwise_kernel_grad` (the same
-reductions over blocks of rows that stay in cache).
+widest layer of each stage): column "fast" is `_depthwise_kernel_grad` (one variadic
+reduction of all taps per block of rows), column "xla" a baseline: --dw-kgrad-baseline
+whole (default) is one reduction per tap over the whole image (the VJP until 2026-12-02),
+per-tap-rows one reduction per tap over blocks of rows (until 2026-12-03).
 """
 
 from __future__ import annotations
@@ -103,6 +104,28 @@ def dw_kgrad_whole(xp, g, window, acc=jnp.float32):
                     for _, t in terms])
 
 
+def dw_kgrad_per_tap_rows(xp, g, window, acc=jnp.float32, block_bytes=128 * 2**10):
+  """The depthwise kernel gradient as a scan over blocks of rows (`block_bytes` of g) of one
+  image with one reduction per tap in each block: K*K small reductions per block (the
+  baseline of `_depthwise_kernel_grad`'s one variadic reduction per block; same contract)."""
+  rows = g.shape[1]
+  block = lc._chunk_size(rows, int(np.prod(g.shape[2:])) * jnp.dtype(acc).itemsize,
+                         budget=block_bytes)
+  blocks = rows // block
+  axes = tuple(range(g.ndim - 1))
+
+  def one_block(dw, index):
+    image, row = index // blocks, (index % blocks) * block
+    xs = jax.lax.dynamic_slice_in_dim(xp[image][None], row, block + window[0] - 1, axis=1)
+    gs = jax.lax.dynamic_slice_in_dim(g[image][None], row, block, axis=1).astype(acc)
+    terms = lc._shifted_terms(xs, window, (1,) * (g.ndim - 2), gs.shape[1:-1])
+    return dw + jnp.stack([jnp.sum(t * gs, axis=axes) for _, t in terms]), None
+
+  dw, _ = jax.lax.scan(one_block, jnp.zeros((int(np.prod(window)), g.shape[-1]), acc),
+                       jnp.arange(g.shape[0] * blocks))
+  return dw
+
+
 def _timed(f, args):
   t = time.perf_counter()
   jax.block_until_ready(f(*args))
@@ -116,8 +139,11 @@ def main():
                  help="time the dense contractions (DENSE_SHAPES) instead of the convolutions")
   p.add_argument("--pool", action="store_true", help="time max pooling (POOL_SHAPES)")
   p.add_argument("--dw-kgrad", action="store_true",
-                 help="time the depthwise kernel gradient (DW_KGRAD_SHAPES): per-tap "
-                      "reductions over the whole image (xla) vs over row blocks (fast)")
+                 help="time the depthwise kernel gradient (DW_KGRAD_SHAPES): a baseline "
+                      "(xla) vs one variadic reduction per block of rows (fast)")
+  p.add_argument("--dw-kgrad-baseline", choices=("whole", "per-tap-rows"), default="whole",
+                 help="--dw-kgrad's xla column: one reduction per tap over the whole image, "
+                      "or per block of rows")
   args = p.parse_args()
   print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), "
         f"repeats {args.repeats} (median)")
@@ -129,7 +155,9 @@ def main():
       xs = (gs[0],) + tuple(s + k - 1 for s, k in zip(gs[1:-1], window)) + gs[-1:]
       x = jax.random.normal(jax.random.key(0), xs)
       g = jax.random.normal(jax.random.key(1), gs)
-      fns = {"xla": jax.jit(lambda x, g, window=window: dw_kgrad_whole(x, g, window)),
+      base = {"whole": dw_kgrad_whole, "per-tap-rows": dw_kgrad_per_tap_rows}[
+          args.dw_kgrad_baseline]
+      fns = {"xla": jax.jit(lambda x, g, window=window: base(x, g, window)),
              "fast": jax.jit(lambda x, g, window=window: lc._depthwise_kernel_grad(
                  x, g, window, jnp.float32))}
       _report(name, (("kgrad", fns, (x, g), 2 * int(np.prod(gs)) * int(np.prod(window))),),

@@ -126,6 +126,8 @@ VARIANTS = {
                         "for the variance and the backward's sum)",
     "dw-kgrad-whole": "depthwise kernel gradient as one reduction per tap over the whole "
                       "chunk of images, not a scan over blocks of rows",
+    "dw-kgrad-per-tap": "depthwise kernel gradient as one reduction per tap in each block of "
+                        "rows, not one variadic reduction of all taps",
     "gelu-erfc": "GELU as nn.gelu(approximate=False) (erfc form) instead of erf's",
 }
 
@@ -187,6 +189,11 @@ def _switched_off(name):
     sys.path.insert(0, str(REPO / "tools"))
     from bench_conv import dw_kgrad_whole
     with mock.patch.object(conv_lib, "_depthwise_kernel_grad", dw_kgrad_whole):
+      yield
+  elif name == "dw-kgrad-per-tap":
+    sys.path.insert(0, str(REPO / "tools"))
+    from bench_conv import dw_kgrad_per_tap_rows
+    with mock.patch.object(conv_lib, "_depthwise_kernel_grad", dw_kgrad_per_tap_rows):
       yield
   elif name == "no-bn-relu-fusion":
     import jax

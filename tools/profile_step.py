@@ -37,7 +37,8 @@ def hlo_index(dump_dir):
   """{instruction name: (kind, shape, op_name)} from the optimized HLO of the dumped step
   modules."""
   index = {}
-  pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)?) ([\w\-]+)\(")
+  # A result is one shape, or a tuple of them (a multi-output fusion: a variadic reduction).
+  pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\S+(?: \S+)?) ([\w\-]+)\(")
   for path in glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt")):
     with open(path) as f:
       for line in f:
@@ -50,8 +51,16 @@ def hlo_index(dump_dir):
             kind = "custom-call:" + (re.search(r'custom_call_target="([^"]+)"', line)
                                      or [None, "?"])[1]
           op = re.search(r'op_name="([^"]*)"', line)
-          index.setdefault(name, (kind, shape.split("{")[0], op[1] if op else ""))
+          index.setdefault(name, (kind, _short_shape(shape), op[1] if op else ""))
   return index
+
+
+def _short_shape(shape):
+  """"f32[8,56]{1,0}" -> "f32[8,56]"; a tuple -> "(n x first element, ...)"."""
+  if not shape.startswith("("):
+    return shape.split("{")[0]
+  parts = re.findall(r"\w+\[[\d,]*\]", shape)
+  return f"({len(parts)} x {parts[0]}, ...)" if parts else shape
 
 
 def op_times(trace_dir):

@@ -404,8 +404,8 @@ def _depthwise_bwd(out_dtype, res, g):
 _depthwise_vjp.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 # Bytes of cotangent rows per step of `_depthwise_kernel_grad`'s loop: the tap slices of x
-# and the cotangent rows then stay in the per-core L2 cache between the K*K reductions.
-_ROW_BLOCK_BYTES = 128 * 2**10
+# and the cotangent rows then stay in the per-core L2 cache while the K*K sums read them.
+_ROW_BLOCK_BYTES = 512 * 2**10
 
 
 def _depthwise_kernel_grad(xp, g, window, acc):
@@ -413,32 +413,41 @@ def _depthwise_kernel_grad(xp, g, window, acc):
   images and positions of the shifted padded input xp [N, *S + window - 1, C] times the
   cotangent g [N, *S, C], accumulated in `acc`.
 
-  One reduction per tap over all of g stores each tap's slice of x (XLA:CPU does not fuse
-  the slice into its YNNPACK reduction) and reads it back from memory: K*K activation-sized
-  round trips. A scan over blocks of rows of one image at a time keeps them in cache instead
-  (RDNet's 7x7: 2.2-3.1x faster per image, `tools/bench_conv.py --dw-kgrad`; BENCHMARKS.md
-  "Depthwise kernel gradient over blocks of rows").
+  A scan over blocks of rows of one image at a time (`_ROW_BLOCK_BYTES` of g), and in each
+  block ONE variadic reduction whose K*K outputs are the taps' sums (`_tap_sums`). One
+  reduction per tap over all of g instead stores each tap's slice of x (XLA:CPU does not fuse
+  the slice into its YNNPACK reduction) and reads it back: K*K activation-sized round trips;
+  one reduction per tap over a block of rows keeps those in cache but runs K*K small ops per
+  block (rdnet_tiny: ~60k ops per step). BENCHMARKS.md "Depthwise kernel gradient".
   """
   n_images, rows = g.shape[0], g.shape[1]
   row_bytes = math.prod(g.shape[2:]) * jnp.dtype(acc).itemsize
   block = _chunk_size(rows, row_bytes, budget=_ROW_BLOCK_BYTES)
   blocks = rows // block
-  ones = (1,) * (g.ndim - 2)
-  axes = tuple(range(g.ndim - 1))
 
   def one_block(dw, index):
     image, row = index // blocks, (index % blocks) * block
     xs = lax.dynamic_slice_in_dim(lax.dynamic_slice_in_dim(xp, image, 1, axis=0), row,
                                   block + window[0] - 1, axis=1)
     gs = lax.dynamic_slice_in_dim(lax.dynamic_slice_in_dim(g, image, 1, axis=0), row, block,
-                                  axis=1).astype(acc)
-    taps = [jnp.sum(t * gs, axis=axes) for _, t in _shifted_terms(xs, window, ones,
-                                                                  gs.shape[1:-1])]
-    return dw + jnp.stack(taps), None
+                                  axis=1)
+    return dw + _tap_sums(xs, gs, window, acc), None
 
   dw, _ = lax.scan(one_block, jnp.zeros((math.prod(window), g.shape[-1]), acc),
                    jnp.arange(n_images * blocks))
   return dw
+
+
+def _tap_sums(xp, g, window, acc):
+  """[prod(window), C]: per tap, sum over all but the channel axis of the tap's slice of xp
+  times g, as one variadic `lax.reduce` (one loop that reads each block of x and g once)."""
+  g = g.astype(acc)
+  ones = (1,) * (g.ndim - 2)
+  prods = [t.astype(acc) * g for _, t in _shifted_terms(xp, window, ones, g.shape[1:-1])]
+  zeros = [jnp.zeros((), acc)] * len(prods)
+  sums = lax.reduce(prods, zeros, lambda a, b: [u + v for u, v in zip(a, b)],
+                    tuple(range(g.ndim - 1)))
+  return jnp.stack(sums)
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

@@ -187,6 +187,20 @@ def test_depthwise_kernel_gradient_over_row_blocks_against_float64(monkeypatch, 
   np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-5)
 
 
+def test_depthwise_kernel_gradient_of_bfloat16_accumulates_in_float32():
+  """bfloat16 x and g: the tap products and sums are in the accumulation dtype (float32), so
+  the result matches float64 sums of the same bfloat16 values to float32 precision (products
+  rounded to bfloat16 would be off by ~1e-2 relative)."""
+  rng = np.random.default_rng(6)
+  xp = jnp.asarray(rng.standard_normal((2, 14, 12, 6)), jnp.bfloat16)
+  g = jnp.asarray(rng.standard_normal((2, 8, 6, 6)), jnp.bfloat16)
+  got = lc._depthwise_kernel_grad(xp, g, (7, 7), jnp.float32)
+  assert got.dtype == jnp.float32
+  x64, g64 = np.asarray(xp, np.float64), np.asarray(g, np.float64)
+  want = [np.sum(x64[:, i:i + 8, j:j + 6] * g64, axis=(0, 1, 2)) for i, j in np.ndindex(7, 7)]
+  np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-5)
+
+
 STRIDE1_CASES = [  # x shape, kernel shape, pads, dimension numbers
     ((3, 11, 5), (4, 5, 6), ((2, 1),), ("NHC", "HIO", "NHC")),
     ((2, 3, 5, 4, 4), (3, 2, 3, 4, 2), ((1, 1), (0, 1), (2, 0)), ("NDHWC", "DHWIO", "NDHWC")),
