@@ -128,6 +128,8 @@ VARIANTS = {
                       "chunk of images, not a scan over blocks of rows",
     "dw-kgrad-per-tap": "depthwise kernel gradient as one reduction per tap in each block of "
                         "rows, not one variadic reduction of all taps",
+    "dw-ynn-fusion": "RDNet's depthwise output without loop_fusion_boundary before its "
+                     "LayerNorm (a YNNPACK fusion then stores every tap's slice)",
     "gelu-erfc": "GELU as nn.gelu(approximate=False) (erfc form) instead of erf's",
 }
 
@@ -189,6 +191,9 @@ def _switched_off(name):
     sys.path.insert(0, str(REPO / "tools"))
     from bench_conv import dw_kgrad_whole
     with mock.patch.object(conv_lib, "_depthwise_kernel_grad", dw_kgrad_whole):
+      yield
+  elif name == "dw-ynn-fusion":
+    with mock.patch.object(conv_lib, "_loop_fusion_boundary", lambda y: y):
       yield
   elif name == "dw-kgrad-per-tap":
     sys.path.insert(0, str(REPO / "tools"))

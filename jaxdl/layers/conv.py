@@ -366,6 +366,34 @@ def _depthwise_sum(x, rhs, strides, out_dtype):
   return out.astype(out_dtype)
 
 
+def loop_fusion_boundary(y, impl: str | None = None):
+  """y itself; on CPU (`impl` as in `conv_impl`) through an op that XLA:CPU's YNNPACK fusion
+  pass does not take, so that the shifted sum that produces y stays one XLA loop fusion.
+
+  When a channel reduction follows a depthwise shifted sum (RDNet's LayerNorm after its 7x7
+  depthwise), XLA:CPU puts the sum of the K*K shifted products into a YNNPACK fusion with
+  that reduction, and YNNPACK does not fuse slices: each tap's slice of the padded input is
+  stored, then read back (7x7 at 56x56x192, batch 8: 152 ms instead of 15). Not for every
+  depthwise layer: before a BatchNorm's reductions over positions XLA:CPU keeps the slices
+  fused, and the boundary costs a pass (MobileNetV2: 0.85x). BENCHMARKS.md "Depthwise
+  forward before a LayerNorm".
+  """
+  return _loop_fusion_boundary(y) if _use_fast(impl) else y
+
+
+@jax.custom_jvp
+def _loop_fusion_boundary(y):
+  """y rounded to its own precision: no change of value, an op YNNPACK does not fuse. Its
+  tangent (and cotangent) passes through untouched: no rounding op in the backward pass."""
+  info = jnp.finfo(y.dtype)
+  return lax.reduce_precision(y, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+
+
+@_loop_fusion_boundary.defjvp
+def _loop_fusion_boundary_jvp(primals, tangents):
+  return _loop_fusion_boundary(primals[0]), tangents[0]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _depthwise_vjp(x, rhs, out_dtype):
   """Stride-1 `_depthwise_sum` with the VJP described in `depthwise_shifted`."""

@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxdl import errors
 from jaxdl.layers import activation
+from jaxdl.layers import conv as conv_lib
 from jaxdl.layers.conv import Conv
 from jaxdl.layers.depthwise import DepthwiseConv
 from jaxdl.layers.inputs import check_images
@@ -74,6 +75,7 @@ class FeatureMixer(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(kernel_init=_conv_init, dtype=self.dtype, param_dtype=self.param_dtype)
     x = DepthwiseConv(7, name="layers_0", **kw)(x)  # Fast on CPU too; nn.Conv's params.
+    x = conv_lib.loop_fusion_boundary(x)  # on CPU, keeps the 7x7 sum out of the LN's fusion
     x = layer_norm("layers_1", self.dtype, self.param_dtype)(x)
     x = Conv(self.inter_features, (1, 1), name="layers_2", **kw)(x)
     x = activation(self, x, "gelu", "gelu")

@@ -201,6 +201,44 @@ def test_depthwise_kernel_gradient_of_bfloat16_accumulates_in_float32():
   np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_loop_fusion_boundary_changes_no_value(dtype):
+  x = jnp.asarray(np.random.default_rng(7).standard_normal(1000) * 1e3, dtype)
+  x = jnp.concatenate([x, jnp.asarray([0.0, -0.0, np.inf, -np.inf], dtype),
+                       jnp.asarray([jnp.finfo(dtype).tiny, jnp.finfo(dtype).max], dtype)])
+  got = jax.jit(lc._loop_fusion_boundary)(x)
+  assert got.dtype == x.dtype
+  np.testing.assert_array_equal(np.asarray(got, np.float64), np.asarray(x, np.float64))
+  g = jnp.asarray(np.random.default_rng(8).standard_normal(x.shape), dtype)
+  _, vjp = jax.vjp(lc._loop_fusion_boundary, x)
+  assert jnp.array_equal(vjp(g)[0], g)
+  assert jnp.array_equal(jax.jvp(lc._loop_fusion_boundary, (x,), (g,))[1], g)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
+def test_depthwise_sum_before_a_channel_reduction_stores_no_tap_slices(monkeypatch):
+  """RDNet's 7x7 depthwise, `loop_fusion_boundary`, then a LayerNorm-like reduction: the
+  shifted sum stays one XLA loop fusion (no stored slice of the padded input per tap).
+  Compiled, never run; at RDNet-T's first stage (the fusion pass keeps smaller sums, e.g.
+  2x28x28x64, as loops)."""
+  x, w, b = jnp.ones((2, 56, 56, 192)), jnp.ones((7, 7, 1, 192)), jnp.ones(192)
+
+  def hlo():
+    def f(x, w, b):  # a new function per call: jit caches traces by function
+      y = lc.depthwise_shifted(jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0))), w, (1, 1),
+                               None) + b
+      y = lc.loop_fusion_boundary(y, impl="fast")
+      return y - y.mean(-1, keepdims=True)
+    return jax.jit(f).lower(x, w, b).compile().as_text()
+
+  assert "slice_fusion" not in hlo()
+  monkeypatch.setattr(lc, "_loop_fusion_boundary", lambda y: y)
+  if "slice_fusion" not in hlo():
+    pytest.skip("this XLA no longer stores the tap slices without the boundary: re-measure "
+                "bench_models --variants dw-ynn-fusion and drop _loop_fusion_boundary")
+
+
 STRIDE1_CASES = [  # x shape, kernel shape, pads, dimension numbers
     ((3, 11, 5), (4, 5, 6), ((2, 1),), ("NHC", "HIO", "NHC")),
     ((2, 3, 5, 4, 4), (3, 2, 3, 4, 2), ((1, 1), (0, 1), (2, 0)), ("NDHWC", "DHWIO", "NDHWC")),
