@@ -32,8 +32,8 @@ XLA's reduce-window and its gradient) and impl="fast" (the custom VJP); "bwd" is
 The stride-1 depthwise kernel gradient of one image (DW_KGRAD_SHAPES: RDNet-T's 7x7 at the
 widest layer of each stage): column "fast" is `_depthwise_kernel_grad` (one variadic
 reduction of all taps per block of rows), column "xla" a baseline: --dw-kgrad-baseline
-whole (default) is one reduction per tap over the whole image (the VJP until 2026-12-02),
-per-tap-rows one reduction per tap over blocks of rows (until 2026-12-03).
+whole (default) is one reduction per tap over the whole image (the VJP until 2026-12-03),
+per-tap-rows one reduction per tap over blocks of rows (2026-12-03 evening and night).
 """
 
 from __future__ import annotations

@@ -56,7 +56,8 @@ def hlo_index(dump_dir):
 
 
 def _short_shape(shape):
-  """"f32[8,56]{1,0}" -> "f32[8,56]"; a tuple -> "(n x first element, ...)"."""
+  """A result shape for display: f32[8,56]{1,0} -> f32[8,56], a tuple of n shapes ->
+  (n x its first shape, ...)."""
   if not shape.startswith("("):
     return shape.split("{")[0]
   parts = re.findall(r"\w+\[[\d,]*\]", shape)

@@ -442,11 +442,11 @@ def _depthwise_kernel_grad(xp, g, window, acc):
   cotangent g [N, *S, C], accumulated in `acc`.
 
   A scan over blocks of rows of one image at a time (`_ROW_BLOCK_BYTES` of g), and in each
-  block ONE variadic reduction whose K*K outputs are the taps' sums (`_tap_sums`). One
+  block ONE variadic reduction whose K*K outputs are the taps' sums (`_per_tap_sums`). One
   reduction per tap over all of g instead stores each tap's slice of x (XLA:CPU does not fuse
   the slice into its YNNPACK reduction) and reads it back: K*K activation-sized round trips;
   one reduction per tap over a block of rows keeps those in cache but runs K*K small ops per
-  block (rdnet_tiny: ~60k ops per step). BENCHMARKS.md "Depthwise kernel gradient".
+  block (rdnet_tiny: ~60k ops per step). BENCHMARKS.md "One variadic reduction of all taps".
   """
   n_images, rows = g.shape[0], g.shape[1]
   row_bytes = math.prod(g.shape[2:]) * jnp.dtype(acc).itemsize
@@ -459,14 +459,14 @@ def _depthwise_kernel_grad(xp, g, window, acc):
                                   block + window[0] - 1, axis=1)
     gs = lax.dynamic_slice_in_dim(lax.dynamic_slice_in_dim(g, image, 1, axis=0), row, block,
                                   axis=1)
-    return dw + _tap_sums(xs, gs, window, acc), None
+    return dw + _per_tap_sums(xs, gs, window, acc), None
 
   dw, _ = lax.scan(one_block, jnp.zeros((math.prod(window), g.shape[-1]), acc),
                    jnp.arange(n_images * blocks))
   return dw
 
 
-def _tap_sums(xp, g, window, acc):
+def _per_tap_sums(xp, g, window, acc):
   """[prod(window), C]: per tap, sum over all but the channel axis of the tap's slice of xp
   times g, as one variadic `lax.reduce` (one loop that reads each block of x and g once)."""
   g = g.astype(acc)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl import errors
-from jaxdl.layers import Dense, DenseGeneral
+from jaxdl.layers import Dense, DenseGeneral, activations
 from jaxdl.models.registry import register
 
 
@@ -89,7 +89,7 @@ class Block(nn.Module):
     x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.LayerNorm(name="ln_2", **kw)(x)
     h = Dense(self.hidden, name="fc1", **kw)(h)
-    h = nn.gelu(h, approximate=False)
+    h = activations.gelu(h)
     h = Dense(x.shape[-1], name="fc2", **kw)(h)
     return x + nn.Dropout(self.dropout, deterministic=not train)(h)
 
@@ -148,7 +148,7 @@ class PFN(nn.Module):
           h, is_context, train, context_rows)
     h = nn.LayerNorm(name="norm", **kw)(h)
     h = Dense(self.decoder_hidden, name="decoder_fc1", **kw)(h)
-    h = nn.gelu(h, approximate=False)
+    h = activations.gelu(h)
     h = Dense(self.num_classes, name="decoder_fc2", **kw)(h)
     return h.astype(jnp.float32)
 
