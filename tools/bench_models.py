@@ -130,8 +130,14 @@ VARIANTS = {
                         "rows, not one variadic reduction of all taps",
     "dw-ynn-fusion": "RDNet's depthwise output without loop_fusion_boundary before its "
                      "LayerNorm (a YNNPACK fusion then stores every tap's slice)",
+    "ynn-off": "compiled with XLA:CPU's YNNPACK fusions off (compiler option "
+               "xla_cpu_experimental_ynn_fusion_type='': XLA's own dots and loops)",
     "gelu-erfc": "GELU as nn.gelu(approximate=False) (erfc form) instead of erf's",
 }
+
+
+# Variants that are XLA compiler options of the step's compilation rather than a formulation.
+COMPILER_OPTIONS = {"ynn-off": {"xla_cpu_experimental_ynn_fusion_type": ""}}
 
 
 @contextlib.contextmanager
@@ -156,7 +162,7 @@ def _switched_off(name):
   from jax import lax
 
   from jaxdl.layers import conv as conv_lib
-  if name in ("jaxdl", "same"):
+  if name in ("jaxdl", "same") or name in COMPILER_OPTIONS:
     yield
   elif name == "xla-conv":
     with conv_lib.conv_impl("xla"):
@@ -234,6 +240,7 @@ def jax_runner(name, mode, batch, switched_off="jaxdl"):
       jax.random.key(0), x[:1])
   variables = {k: v[k] for k in ("params", "batch_stats") if k in v}
   params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(v["params"]))
+  options = COMPILER_OPTIONS.get(switched_off)
   if mode == "train":
     tx = optax.sgd(0.01, momentum=0.9)
 
@@ -248,7 +255,7 @@ def jax_runner(name, mode, batch, switched_off="jaxdl"):
 
     with variant(switched_off):
       compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-          variables, tx.init(variables["params"]), x, y).compile()
+          variables, tx.init(variables["params"]), x, y).compile(options)
     carry = [variables, tx.init(variables["params"])]
 
     def run():
@@ -257,7 +264,7 @@ def jax_runner(name, mode, batch, switched_off="jaxdl"):
   else:
     with variant(switched_off):
       compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
-          variables, x).compile()
+          variables, x).compile(options)
 
     def run():
       compiled(variables, x).block_until_ready()
