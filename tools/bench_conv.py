@@ -104,26 +104,16 @@ def dw_kgrad_whole(xp, g, window, acc=jnp.float32):
                     for _, t in terms])
 
 
-def dw_kgrad_per_tap_rows(xp, g, window, acc=jnp.float32, block_bytes=128 * 2**10):
-  """The depthwise kernel gradient as a scan over blocks of rows (`block_bytes` of g) of one
-  image with one reduction per tap in each block: K*K small reductions per block (the
-  baseline of `_depthwise_kernel_grad`'s one variadic reduction per block; same contract)."""
-  rows = g.shape[1]
-  block = lc._chunk_size(rows, int(np.prod(g.shape[2:])) * jnp.dtype(acc).itemsize,
-                         budget=block_bytes)
-  blocks = rows // block
-  axes = tuple(range(g.ndim - 1))
-
-  def one_block(dw, index):
-    image, row = index // blocks, (index % blocks) * block
-    xs = jax.lax.dynamic_slice_in_dim(xp[image][None], row, block + window[0] - 1, axis=1)
-    gs = jax.lax.dynamic_slice_in_dim(g[image][None], row, block, axis=1).astype(acc)
-    terms = lc._shifted_terms(xs, window, (1,) * (g.ndim - 2), gs.shape[1:-1])
-    return dw + jnp.stack([jnp.sum(t * gs, axis=axes) for _, t in terms]), None
-
-  dw, _ = jax.lax.scan(one_block, jnp.zeros((int(np.prod(window)), g.shape[-1]), acc),
-                       jnp.arange(g.shape[0] * blocks))
-  return dw
+def dw_kgrad_per_tap_rows(xp, g, window, acc=jnp.float32):
+  """The depthwise kernel gradient as `_depthwise_kernel_grad`'s scan over blocks of rows,
+  but blocks of 128 KiB of g, each with one reduction per tap: K*K small reductions per block
+  (the baseline of its one variadic reduction per block; same contract)."""
+  def per_tap(xs, gs, window, acc):
+    gs = gs.astype(acc)
+    terms = lc._shifted_terms(xs, window, (1,) * (gs.ndim - 2), gs.shape[1:-1])
+    return jnp.stack([jnp.sum(t * gs, axis=tuple(range(gs.ndim - 1))) for _, t in terms])
+  return lc._depthwise_kernel_grad(xp, g, window, acc, block_sums=per_tap,
+                                   block_bytes=128 * 2**10)
 
 
 def _timed(f, args):

@@ -184,8 +184,8 @@ def bench_train(args):
                "gelu-erfc": lambda: mock.patch.object(
                    activations, "gelu", lambda x: jax.nn.gelu(x, approximate=False))}
   steps = {}
-  for name, context in (("default", contextlib.nullcontext), ("baseline",
-                                                              baselines[args.baseline])):
+  contexts = {"default": contextlib.nullcontext, "baseline": baselines[args.baseline]}
+  for name, context in contexts.items():
     def step(params, opt_state, batch):  # a new function per variant: jit caches by function
       def loss_fn(p):
         return pfn_cross_entropy(model.apply({"params": p}, batch["inputs"]), batch)[0].mean()

@@ -436,10 +436,12 @@ _depthwise_vjp.defvjp(_depthwise_fwd, _depthwise_bwd)
 _ROW_BLOCK_BYTES = 512 * 2**10
 
 
-def _depthwise_kernel_grad(xp, g, window, acc):
+def _depthwise_kernel_grad(xp, g, window, acc, block_sums=None, block_bytes=None):
   """Kernel gradient [prod(window), C] of a stride-1 depthwise sum: per tap, the sum over
   images and positions of the shifted padded input xp [N, *S + window - 1, C] times the
-  cotangent g [N, *S, C], accumulated in `acc`.
+  cotangent g [N, *S, C], accumulated in `acc`. `block_sums(xs, gs, window, acc)` sums one
+  block (None: `_per_tap_sums`), `block_bytes` sizes it (None: `_ROW_BLOCK_BYTES`); the
+  benchmarks' baselines swap both.
 
   A scan over blocks of rows of one image at a time (`_ROW_BLOCK_BYTES` of g), and in each
   block ONE variadic reduction whose K*K outputs are the taps' sums (`_per_tap_sums`). One
@@ -450,8 +452,10 @@ def _depthwise_kernel_grad(xp, g, window, acc):
   """
   n_images, rows = g.shape[0], g.shape[1]
   row_bytes = math.prod(g.shape[2:]) * jnp.dtype(acc).itemsize
-  block = _chunk_size(rows, row_bytes, budget=_ROW_BLOCK_BYTES)
+  block = _chunk_size(rows, row_bytes,
+                      budget=_ROW_BLOCK_BYTES if block_bytes is None else block_bytes)
   blocks = rows // block
+  block_sums = _per_tap_sums if block_sums is None else block_sums
 
   def one_block(dw, index):
     image, row = index // blocks, (index % blocks) * block
@@ -459,7 +463,7 @@ def _depthwise_kernel_grad(xp, g, window, acc):
                                   block + window[0] - 1, axis=1)
     gs = lax.dynamic_slice_in_dim(lax.dynamic_slice_in_dim(g, image, 1, axis=0), row, block,
                                   axis=1)
-    return dw + _per_tap_sums(xs, gs, window, acc), None
+    return dw + block_sums(xs, gs, window, acc), None
 
   dw, _ = lax.scan(one_block, jnp.zeros((math.prod(window), g.shape[-1]), acc),
                    jnp.arange(n_images * blocks))

@@ -201,7 +201,6 @@ def test_depthwise_kernel_gradient_of_bfloat16_accumulates_in_float32():
   np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-5)
 
 
-
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_loop_fusion_boundary_changes_no_value(dtype):
   x = jnp.asarray(np.random.default_rng(7).standard_normal(1000) * 1e3, dtype)
