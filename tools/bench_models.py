@@ -130,14 +130,18 @@ VARIANTS = {
                         "rows, not one variadic reduction of all taps",
     "dw-ynn-fusion": "RDNet's depthwise output without loop_fusion_boundary before its "
                      "LayerNorm (a YNNPACK fusion then stores every tap's slice)",
+    "ynn-default": "compiled with XLA:CPU's default YNNPACK fusions (dots and convolutions "
+                   "too), not jaxdl.compiler's CPU options (reductions only)",
     "ynn-off": "compiled with XLA:CPU's YNNPACK fusions off (compiler option "
                "xla_cpu_experimental_ynn_fusion_type='': XLA's own dots and loops)",
     "gelu-erfc": "GELU as nn.gelu(approximate=False) (erfc form) instead of erf's",
 }
 
 
-# Variants that are XLA compiler options of the step's compilation rather than a formulation.
-COMPILER_OPTIONS = {"ynn-off": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+# Variants that are XLA compiler options of the step's compilation rather than a formulation
+# (in place of jaxdl.compiler.compiler_options(), which every other column compiles with).
+COMPILER_OPTIONS = {"ynn-default": {},
+                    "ynn-off": {"xla_cpu_experimental_ynn_fusion_type": ""}}
 
 
 @contextlib.contextmanager
@@ -229,6 +233,7 @@ def jax_runner(name, mode, batch, switched_off="jaxdl"):
   import optax
 
   import jaxdl.models as models
+  from jaxdl import compiler
   model = models.create(name)
   res = RES.get(name, 224)
   rng = np.random.default_rng(0)
@@ -240,7 +245,7 @@ def jax_runner(name, mode, batch, switched_off="jaxdl"):
       jax.random.key(0), x[:1])
   variables = {k: v[k] for k in ("params", "batch_stats") if k in v}
   params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(v["params"]))
-  options = COMPILER_OPTIONS.get(switched_off)
+  options = COMPILER_OPTIONS.get(switched_off, compiler.compiler_options())
   if mode == "train":
     tx = optax.sgd(0.01, momentum=0.9)
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdl import errors
+from jaxdl import compiler, errors
 
 # --------------------------------------------------------------------------- upsampling
 
@@ -178,7 +178,7 @@ def jitted_apply(model, method: str | None = None, preprocess: Callable | None =
   key = (id(model), method, id(preprocess), tuple(sorted(kw.items())))
   if key not in _JITTED:
     prep = preprocess or (lambda x: x)
-    fn = jax.jit(lambda v, x: model.apply(v, prep(x), method=method, **kw))
+    fn = compiler.jit(lambda v, x: model.apply(v, prep(x), method=method, **kw))
     _JITTED[key] = (model, preprocess, fn)  # holding the objects keeps their ids unique
   return _JITTED[key][2]
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdl import errors
+from jaxdl import compiler, errors
 from jaxdl.analysis import adversarial
 # `jaxdl.analysis.local_complexity` is the function; its module's other names come this way.
 from jaxdl.analysis.local_complexity import (decision_boundary_points, local_complexity,
@@ -93,7 +93,7 @@ def accuracy_probe(config, model, datasets, preprocess):
   rng = np.random.default_rng(0)
   sets = {name: _subset(split, int(opts["accuracy_max_points"]), rng)
           for name, split in datasets.items() if isinstance(split, dict)}
-  logits = jax.jit(lambda v, x: model.apply(v, preprocess(x)))
+  logits = compiler.jit(lambda v, x: model.apply(v, preprocess(x)))
 
   def probe(variables, step):
     del step

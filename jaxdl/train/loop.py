@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdl import compiler
 from jaxdl import data as jdata
 from jaxdl import errors
 from jaxdl import models
@@ -310,12 +311,13 @@ def setup(config) -> Setup:
   replicated = shard_lib.replicated(mesh)
   batch_sharding = shard_lib.batch_sharding(mesh)
   num_classes = max(info.num_classes, 1)
-  train_step = jax.jit(
+  # jaxdl's XLA:CPU fusion choices (jaxdl.compiler); nothing on GPU / TPU.
+  train_step = compiler.jit(
       make_train_step(model, tx, schedule, loss_fn, preprocess, config, num_classes),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
       donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, loss_fn, preprocess),
-                      in_shardings=(shardings, batch_sharding), out_shardings=replicated)
+  eval_step = compiler.jit(make_eval_step(model, loss_fn, preprocess),
+                           in_shardings=(shardings, batch_sharding), out_shardings=replicated)
   return Setup(mesh=mesh, info=info, train_source=train_source, eval_source=eval_source,
                pipeline=pipeline, num_steps=num_steps, model=model, preprocess=preprocess,
                loss_fn=loss_fn, tx=tx, schedule=schedule, init=init, abstract_state=abstract,

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from jaxdl import data as jdata
-from jaxdl import errors, models
+from jaxdl import compiler, errors, models
 from jaxdl.analysis import prototypes as proto_analysis
 from jaxdl.layers.prototype import class_identity, l2_normalize, log_similarity
 from jaxdl.models import protopnet as pp
@@ -175,7 +175,7 @@ def make_train_step(model, tx, preprocess, config, phase, branch_step=0):
     metrics["loss"] = loss
     return params, dict(new_state), opt_state, metrics
 
-  return jax.jit(step, donate_argnums=(0, 2))
+  return compiler.jit(step, donate_argnums=(0, 2))
 
 
 def evaluate(model, variables, preprocess, inputs, targets, batch_size):

@@ -241,3 +241,25 @@ def test_two_processes_match_one_process(one_device_run, tmp_path):
     assert p.returncode == 0, err[-2000:]
   np.testing.assert_allclose(_losses(tmp_path), _losses(one_device_run), rtol=1e-5)
   _assert_same_params(load_variables(tmp_path), load_variables(one_device_run), exact=False)
+
+
+def test_the_train_and_eval_steps_compile_with_jaxdl_compiler_options(monkeypatch):
+  """The loop's steps are compiled with jaxdl.compiler's options: with options that switch
+  YNNPACK off they have no YNNPACK fusion, with XLA's defaults they have."""
+  from jaxdl import compiler
+  from jaxdl.train import loop
+  from jaxdl.train import sharding as shard_lib
+  if jax.default_backend() != "cpu":
+    pytest.skip("jaxdl.compiler's options are XLA:CPU's")
+
+  def fusions(options):
+    monkeypatch.setattr(compiler, "CPU_OPTIONS", options)
+    built = loop.setup(_runlocal())
+    batch = built.pipeline.batch(0)
+    batch = dict(batch, mask=np.ones(len(batch["targets"]), np.float32))
+    batch = shard_lib.global_batch(batch, built.mesh)
+    return [compiler.ynn_fusions(step.lower(built.abstract_state, batch).compile().as_text())
+            for step in (built.train_step, built.eval_step)]
+
+  assert fusions({"xla_cpu_experimental_ynn_fusion_type": ""}) == [[], []]
+  assert all(fusions({}))  # nothing to set: XLA's defaults, which use YNNPACK here
