@@ -87,3 +87,26 @@ def test_mismatched_stage_lists_are_a_config_error():
   model = models.create("rdnet_tiny", growth_rates=(8, 8))
   with pytest.raises(errors.ConfigError, match="one entry per stage"):
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
+def test_the_mixer_dot_is_not_in_the_layer_norm_ynnpack_fusion(monkeypatch):
+  """Compiled with jaxdl.compiler's options, RDNet-T's first FeatureMixer keeps its 1x1 dot
+  out of the LayerNorm's YNNPACK reduction fusion (`loop_fusion_boundary` after the LN):
+  XLA's own dot is faster. Compiled, never run."""
+  from jaxdl import compiler
+  from jaxdl.layers import conv as lc
+  from jaxdl.models.rdnet import FeatureMixer
+  mixer = FeatureMixer(inter_features=768, out_features=32)
+  x = jnp.ones((2, 56, 56, 192))
+  variables = jax.eval_shape(mixer.init, jax.random.key(0), x)
+
+  def fused_dots():
+    text = compiler.jit(lambda v, x: mixer.apply(v, x)).lower(variables, x).compile().as_text()
+    return [ops for ops in compiler.ynn_fusions(text) if "dot" in ops and "reduce" in ops]
+
+  assert fused_dots() == []
+  monkeypatch.setattr(lc, "_loop_fusion_boundary", lambda y: y)
+  if not fused_dots():
+    pytest.skip("this XLA no longer fuses the LN's sums with the dot without the boundary: "
+                "re-measure rdnet_tiny and drop the boundary after the LN")
