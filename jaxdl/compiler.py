@@ -80,4 +80,6 @@ def ynn_fusions(compiled_text: str) -> list[list[str]]:
   """
   bodies = dict(re.findall(r"^%(\S+) \([^\n]*\{\n(.*?)\n\}", compiled_text, re.S | re.M))
   called = re.findall(r"fusion\([^\n]*calls=%([\w.]+)[^\n]*__ynn_fusion", compiled_text)
-  return [re.findall(r"= \S+ (\w+)\(", bodies[c]) for c in called]
+  # An instruction: `name = shape opcode(` (tuple shapes and hyphenated opcodes included).
+  opcode = re.compile(r"= (?:\(.*?\)|\S+) ([\w\-]+)\(")
+  return [opcode.findall(bodies[c]) for c in called]

@@ -128,8 +128,9 @@ VARIANTS = {
                       "chunk of images, not a scan over blocks of rows",
     "dw-kgrad-per-tap": "depthwise kernel gradient as one reduction per tap in each block of "
                         "rows, not one variadic reduction of all taps",
-    "dw-ynn-fusion": "RDNet's depthwise output without loop_fusion_boundary before its "
-                     "LayerNorm (a YNNPACK fusion then stores every tap's slice)",
+    "dw-ynn-fusion": "RDNet's FeatureMixer without its loop_fusion_boundary calls: before "
+                     "the LayerNorm (a YNNPACK fusion then stores every tap's slice of the "
+                     "depthwise sum) and after it (the 1x1 dot joins the LN's fusion)",
     "ynn-default": "compiled with XLA:CPU's default YNNPACK fusions (dots and convolutions "
                    "too), not jaxdl.compiler's CPU options (reductions only)",
     "ynn-off": "compiled with XLA:CPU's YNNPACK fusions off (compiler option "
