@@ -67,3 +67,16 @@ def test_full_smoke_run(capsys):
                    "context_attention fwd+bwd"}
   assert all("ms" in r for r in kernel_rows), [r for r in kernel_rows if "ms" not in r]
   del configs
+
+
+def test_cpu_flop_count_in_a_separate_process():
+  # The MFU fallback when the accelerator's lowering has no cost analysis: the same step,
+  # lowered with XLA's convolutions in a JAX_PLATFORMS=cpu process, gives the same FLOPs as
+  # lowering it here under conv_impl("xla") (and not the CPU formulations' count).
+  from jaxdl.layers import conv as conv_lib
+  bench = _bench()
+  args = ("densenet121", 2, "f32", False, True)
+  remote = bench._cpu_flops(*args)
+  with conv_lib.conv_impl("xla"):
+    local = bench.jax_train_step(*args, flops_only=True)
+  assert remote > 0 and remote == local

@@ -88,7 +88,27 @@ def _flops(compiled):
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float((cost or {}).get("flops", float("nan")))
-  except Exception:  # some backends have no cost analysis
+  except Exception as e:  # some backends have no cost analysis
+    print(f"  note: no cost analysis ({type(e).__name__}: {e})", file=sys.stderr)
+    return float("nan")
+
+
+def _cpu_flops(name, batch, dtype, kernels, smoke):
+  """FLOPs of the same train step lowered in a CPU-only process (no compilation).
+
+  jax 0.11.2 on the H100 and H200 gave no cost analysis for the GPU lowering, nor for a
+  CPU lowering made in the GPU process (MFU nan on 2026-12-04): a separate process with
+  JAX_PLATFORMS=cpu sees only the CPU backend.
+  """
+  import subprocess
+  cmd = [sys.executable, str(Path(__file__).resolve()), "--flops-of", name, str(batch), dtype,
+         str(int(kernels))] + (["--smoke"] if smoke else [])
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  try:
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+  except (subprocess.SubprocessError, ValueError, IndexError) as e:
+    print(f"  note: CPU FLOP count failed ({type(e).__name__})", file=sys.stderr)
     return float("nan")
 
 
@@ -104,8 +124,11 @@ def matmul_peak(n, repeats):
 
 # ---- 2. jaxdl train steps -----------------------------------------------------------------
 
-def jax_train_step(name, batch, dtype, kernels, smoke):
-  """(run() -> state, flops per step) for one jaxdl configuration."""
+def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False):
+  """(run() -> state, flops per step, compile seconds) for one jaxdl configuration.
+
+  flops_only: return the FLOPs of the lowered step alone (no compilation).
+  """
   import jaxdl.models as models
   overrides = dict(SMOKE_OVERRIDES[name]) if smoke else {}
   if dtype == "bf16":
@@ -140,10 +163,12 @@ def jax_train_step(name, batch, dtype, kernels, smoke):
   lowered = jitted.lower(variables, opt_state, x, y)
   # FLOPs from the lowered HLO, not the compiled executable: on GPU the latter counts cuDNN
   # convolutions (custom calls) as zero. jax 0.11.2 on the H100 gave no cost analysis for the
-  # GPU lowering at all, so fall back to lowering the same step for the CPU.
+  # GPU lowering at all, so fall back to lowering the same step in a CPU-only process.
   flops = _flops(lowered)
+  if flops_only:
+    return flops
   if not np.isfinite(flops):
-    flops = _flops(jitted.trace(variables, opt_state, x, y).lower(lowering_platforms=("cpu",)))
+    flops = _cpu_flops(name, batch, dtype, kernels, smoke)
   t0 = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
@@ -344,7 +369,16 @@ def main(argv=None):
   parser.add_argument("--matmul-size", type=int, default=8192)
   parser.add_argument("--skip", nargs="*", default=[], choices=["jax", "torch", "kernels"])
   parser.add_argument("--json", type=Path, help="also write the rows here")
+  parser.add_argument("--flops-of", nargs=4, metavar=("MODEL", "BATCH", "DTYPE", "KERNELS"),
+                      help=argparse.SUPPRESS)  # internal: print one train step's FLOPs
   args = parser.parse_args(argv)
+  if args.flops_of:
+    from jaxdl.layers import conv as conv_lib
+    name, batch, dtype, kernels = args.flops_of
+    with conv_lib.conv_impl("xla"):  # the accelerator's convolutions, not the CPU's forms
+      print(jax_train_step(name, int(batch), dtype, bool(int(kernels)), args.smoke,
+                           flops_only=True))
+    return []
   if args.smoke:
     args.batch = args.cifar_batch = 2
     args.repeats, args.steps, args.matmul_size = 2, 1, 256

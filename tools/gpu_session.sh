@@ -4,28 +4,35 @@
 # spend it on measuring rather than on planning:
 #
 #   OUT=/path/to/results bash tools/gpu_session.sh a     # kernels, densenet121 f32 / +kernels
-#   OUT=/path/to/results bash tools/gpu_session.sh b     # rdnet_tiny (jaxdl), autotuning off
-#   OUT=/path/to/results bash tools/gpu_session.sh c     # densenet_bc_100_k12, torch.compile
+#   OUT=/path/to/results bash tools/gpu_session.sh b     # rdnet_tiny (jaxdl) bf16
+#   OUT=/path/to/results bash tools/gpu_session.sh c     # timm torch.compile rows
+#   OUT=/path/to/results bash tools/gpu_session.sh d     # DenseNet-BC-100 CIFAR-10 training
+#                                                        # for TRAIN_SECONDS (default 420)
 #
 # Every command has its own `timeout`, so a part that overruns still returns the logs and
 # JSON rows written so far (tools/bench_gpu.py writes its JSON after every row). The XLA
-# compilation cache lives in .jaxcache/ (git-ignored): calls made while the machine is still
-# warm reuse it. Run from the repository root; needs jax with CUDA, and torch + timm for the
-# PyTorch rows (the lent machines' image has both).
+# compilation cache and XLA's per-fusion autotuning cache live in .jaxcache/ (git-ignored):
+# calls made while the machine is still warm reuse them, so a compile cut off by a timeout
+# should resume with the convolutions already timed. Never autotune level 0 (cuDNN's and
+# cuBLAS's first choice, no timing): on the H200 it made the DenseNet-BC-100 train step 28x
+# slower than level 2 and an 8192^3 bf16 matmul 6x slower (BENCHMARKS.md, 2026-12-04).
+# Run from the repository root; needs jax with CUDA, and torch + timm for the PyTorch rows
+# (the lent machines' image has both).
 set -u
-part=${1:?usage: OUT=DIR bash tools/gpu_session.sh a|b|c}
+part=${1:?usage: OUT=DIR bash tools/gpu_session.sh a|b|c|d}
 out=${OUT:?set OUT to the results folder}
 mkdir -p "$out"
-export PYTHONPATH=. JAX_COMPILATION_CACHE_DIR=$PWD/.jaxcache
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} JAX_COMPILATION_CACHE_DIR=$PWD/.jaxcache
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
 py=${PYTHON:-python3}
+at="--xla_gpu_autotune_level=2 --xla_gpu_per_fusion_autotune_cache_dir=$PWD/.jaxcache/autotune"
 
 run() {  # run LIMIT NAME CMD...: one measurement, its log under $out, never the whole part.
   local limit=$1 name=$2
   shift 2
   echo "== $name (limit ${limit}s): $*"
   local t0=$SECONDS
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  timeout -k 60 "$limit" "$@" >"$out/$name.log" 2>&1
   echo "   rc $? after $((SECONDS - t0)) s"
   tail -n 12 "$out/$name.log"
 }
@@ -35,26 +42,37 @@ case $part in
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     run 120 check $py tools/gpu_check.py
     run 120 kernels $py tools/bench_gpu.py --skip jax torch --json "$out/kernels.json"
-    XLA_FLAGS=--xla_gpu_autotune_level=2 run 300 densenet121 $py tools/bench_gpu.py \
+    XLA_FLAGS=$at run 300 densenet121 $py tools/bench_gpu.py \
       --models densenet121 --configs f32 bf16+kernels --skip torch kernels \
       --json "$out/densenet121.json"
     ;;
   b)
-    # rdnet_tiny did not compile in 320 s at autotune level 2; level 0 uses cuDNN's
-    # heuristics instead of timing every convolution (the compile time goes in the row).
-    XLA_FLAGS=--xla_gpu_autotune_level=0 run 540 rdnet_tiny $py tools/bench_gpu.py \
-      --models rdnet_tiny --configs bf16 f32 --skip torch kernels --json "$out/rdnet_tiny.json"
+    # rdnet_tiny did not compile in 320 s at autotune level 2 on the H100 (254 convolutions,
+    # 213 distinct); a second call on the warm machine reuses the autotuning cache.
+    XLA_FLAGS=$at run 560 rdnet_tiny $py tools/bench_gpu.py \
+      --models rdnet_tiny --configs bf16 --skip torch kernels --json "$out/rdnet_tiny.json"
     ;;
   c)
-    XLA_FLAGS=--xla_gpu_autotune_level=0 run 240 bc100 $py tools/bench_gpu.py \
-      --models densenet_bc_100_k12 --configs bf16 f32 --skip torch kernels \
-      --json "$out/bc100.json"
-    XLA_PYTHON_CLIENT_PREALLOCATE=false run 300 torch_compile $py tools/bench_gpu.py \
-      --skip jax kernels --models densenet121 resnet50 densenet_bc_100_k12 \
+    # densenet_bc_100_k12's torch.compile did not finish compiling in 100 s on the H200.
+    XLA_PYTHON_CLIENT_PREALLOCATE=false run 560 torch_compile $py tools/bench_gpu.py \
+      --skip jax kernels --models densenet_bc_100_k12 resnet50 densenet121 \
       --torch-configs compile_bf16 --json "$out/torch_compile.json"
     ;;
+  d)
+    # The shipped CIFAR-10 recipe (configs/cifar10_densenet_bc100.py: batch 64, lr 0.1, ...)
+    # for as long as the part allows, test accuracy every 782 steps (one epoch); the run
+    # stops on SIGTERM with a checkpoint, and the same command on a warm machine resumes it.
+    # Needs the CIFAR-10 tarballs under $JAXDL_DATA_DIR (../shared/data does not travel to a
+    # lent machine: carry a copy) and ml_collections + tensorboardX importable (carry wheels).
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    XLA_FLAGS=$at run "${TRAIN_SECONDS:-420}" bc100_train $py \
+      -m jaxdl.train --config configs/cifar10_densenet_bc100.py --workdir .jaxcache/bc100_c10 \
+      --config.eval_every_steps=782 --config.log_every_steps=391 \
+      --config.checkpoint_every_steps=3910
+    cp .jaxcache/bc100_c10/metrics.jsonl "$out/bc100_train_metrics.jsonl"
+    ;;
   *)
-    echo "unknown part '$part': use a, b or c" >&2
+    echo "unknown part '$part': use a, b, c or d" >&2
     exit 2
     ;;
 esac

@@ -17,6 +17,7 @@ import logging
 import math
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -448,6 +449,9 @@ def train_and_evaluate(config, workdir) -> dict:
   pending: list = []
   unchecked: list = []
   multiprocess = pcount > 1
+  # Throughput between log points (wall clock, host side; the first interval of a process
+  # includes compilation and, when evaluating, the evaluation time).
+  last_log_step, last_log_time = start_step, time.perf_counter()
   try:
     with StopRequest() as stop:
       for step, batch in zip(range(start_step, num_steps),
@@ -462,6 +466,11 @@ def train_and_evaluate(config, workdir) -> dict:
           unchecked = []
           train_metrics = _host_metrics(pending)
           pending = []
+          now = time.perf_counter()
+          steps_per_sec = (done - last_log_step) / max(now - last_log_time, 1e-9)
+          train_metrics["train/steps_per_sec"] = steps_per_sec
+          train_metrics["train/examples_per_sec"] = steps_per_sec * pipeline.batch_size
+          last_log_step, last_log_time = done, now
           writer.write(done, train_metrics)
           final_metrics.update(train_metrics)
           bar.set_postfix(loss=f"{train_metrics['train/loss']:.4f}")
