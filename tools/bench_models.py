@@ -323,7 +323,8 @@ def main(argv=None):
   worker = None if args.no_timm else TorchWorker(args.torch_python)
   against = "" if worker is None else f" vs timm in {args.torch_python}"
   print(f"jax {jax.__version__} ({jax.default_backend()}){against}; "
-        f"{os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f} at start")
+        f"{os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f} at start; "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (both sides)")
   head = "| model | mode | batch | jaxdl img/s |"
   rule = "|---|---|---:|---:|"
   if worker is not None:
@@ -374,4 +375,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  sys.path.insert(0, str(REPO))
+  from jaxdl import hugepages
+  hugepages.reexec_if_needed()  # JAXDL_HUGEPAGES=0: without (the timm worker inherits it)
   main()

@@ -140,4 +140,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  sys.path.insert(0, str(REPO))
+  from jaxdl import hugepages
+  hugepages.reexec_if_needed()  # JAXDL_HUGEPAGES=0: profile without
   main()

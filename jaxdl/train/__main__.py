@@ -131,4 +131,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from jaxdl import hugepages
+  hugepages.reexec_if_needed()  # CPU: huge pages for XLA's per-step buffers
   sys.exit(main())

@@ -1,0 +1,79 @@
+"""Page faults and kernel time per training/inference step, in this process's environment.
+
+  PYTHONPATH=. python tools/bench_pagefaults.py --model densenet121               # jaxdl
+  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 PYTHONPATH=. python tools/bench_pagefaults.py
+  /work/torchvenv/bin/python tools/bench_pagefaults.py --side timm                  # timm
+
+Runs the step of tools/bench_models.py (jaxdl: compiled with jaxdl's CPU options; timm:
+eager, 2 threads) twice as warm-up, then --steps times back to back, and prints each step's
+wall time, minor page faults (`getrusage` ru_minflt) and user/kernel CPU seconds, and the
+median time. It does not re-execute itself: it measures the GLIBC_TUNABLES it is started with
+(BENCHMARKS.md, "Page faults").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _runner(side, model, mode, batch):
+  sys.path.insert(0, str(REPO / "tools"))
+  sys.path.insert(0, str(REPO))
+  import bench_models
+  if side == "jaxdl":
+    return bench_models.jax_runner(model, mode, batch)[0]
+  import torch
+  torch.set_num_threads(os.cpu_count() or 1)
+  net = bench_models._timm_model(model)
+  res = bench_models.RES.get(model, 224)
+  x = torch.randn(batch, 3, res, res)
+  y = torch.randint(0, bench_models.NUM_CLASSES.get(model, 1000), (batch,))
+  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+  net.train(mode == "train")
+
+  def run():
+    if mode == "train":
+      opt.zero_grad(set_to_none=True)
+      torch.nn.functional.cross_entropy(net(x), y).backward()
+      opt.step()
+    else:
+      with torch.inference_mode():
+        net(x)
+  return run
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--side", choices=["jaxdl", "timm"], default="jaxdl")
+  parser.add_argument("--model", default="densenet121")
+  parser.add_argument("--mode", choices=["train", "infer"], default="train")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--steps", type=int, default=5)
+  args = parser.parse_args(argv)
+  run = _runner(args.side, args.model, args.mode, args.batch)
+  run()
+  run()
+  times = []
+  for _ in range(args.steps):
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    run()
+    t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    times.append(t1 - t0)
+    print(f"{t1 - t0:.3f} s  minflt {r1.ru_minflt - r0.ru_minflt}  "
+          f"user {r1.ru_utime - r0.ru_utime:.2f} s  sys {r1.ru_stime - r0.ru_stime:.2f} s",
+          flush=True)
+  print(f"{args.side} {args.model} {args.mode} batch {args.batch}, "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}: "
+        f"median {statistics.median(times):.3f} s")
+
+
+if __name__ == "__main__":
+  main()
