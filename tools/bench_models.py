@@ -16,6 +16,9 @@ than the calls after it (rdnet_tiny training: 4.3-5.0 s, then 3.3-3.7 s) and tim
 call ~1.1x, so one call per turn (--block 1, what this tool did before 2026-12-03) measured
 jaxdl's re-warm-up, not its throughput. Train step = forward + backward + SGD-momentum
 update with BatchNorm in training mode. Compile time is excluded (reported separately).
+The script re-executes itself once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent
+huge pages, jaxdl/hugepages.py), which the timm worker inherits; JAXDL_HUGEPAGES=0 runs both
+sides without.
 
 --variants adds columns for jaxdl with one of its CPU formulations switched off (VARIANTS),
 compiled in this process and timed in the same rotation: an A/B of that formulation inside
