@@ -87,3 +87,22 @@ def test_huge_pages_cut_the_page_faults_of_an_xla_cpu_call():
   huge = faults({"GLIBC_TUNABLES": hugepages.TUNABLE})
   assert plain > 8_000, plain  # The problem exists here: the pages fault on every call.
   assert huge < plain / 4, (plain, huge)
+
+
+def test_compiler_options_hint_once_where_the_tunable_is_missing(monkeypatch, caplog):
+  from jaxdl import compiler
+  compiler._hint_hugepages.cache_clear()
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+  monkeypatch.delenv("JAXDL_HUGEPAGES", raising=False)
+  monkeypatch.setattr(hugepages, "supported", lambda: True)
+  with caplog.at_level("WARNING", logger="jaxdl"):
+    compiler.compiler_options("cpu")
+    compiler.compiler_options("cpu")
+  notes = [r for r in caplog.records if "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in r.message]
+  assert len(notes) == 1
+  compiler._hint_hugepages.cache_clear()
+  monkeypatch.setenv("JAXDL_HUGEPAGES", "0")
+  caplog.clear()
+  compiler.compiler_options("cpu")
+  assert not [r for r in caplog.records if "GLIBC_TUNABLES" in r.message]
+  compiler._hint_hugepages.cache_clear()
