@@ -17,7 +17,15 @@
 # cuBLAS's first choice, no timing): on the H200 it made the DenseNet-BC-100 train step 28x
 # slower than level 2 and an 8192^3 bf16 matmul 6x slower (BENCHMARKS.md, 2026-12-04).
 # Run from the repository root; needs jax with CUDA, and torch + timm for the PyTorch rows
-# (the lent machines' image has both).
+# (the lent machines' image has both). Part d also needs what that image lacks, carried as
+# git-ignored folders (add `/.whl/` and `/.gpudata/` to .git/info/exclude, name both in
+# `carry`):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl ml_collections tensorboardX
+#   mkdir -p .gpudata/cifar10 && cp ../shared/data/cifar10/*.tar.gz .gpudata/cifar10/
+# and the call's command begins with
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+#   export PYTHONPATH=/tmp/site JAXDL_DATA_DIR=$PWD/.gpudata PYTHONUNBUFFERED=1;
 set -u
 part=${1:?usage: OUT=DIR bash tools/gpu_session.sh a|b|c|d}
 out=${OUT:?set OUT to the results folder}
