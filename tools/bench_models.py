@@ -60,6 +60,28 @@ def _timm_model(name):
   return timm.create_model(name, pretrained=False)
 
 
+def timm_runner(name, mode, batch):
+  """(run, number of parameters): timm's eager train step or inference call on random data."""
+  import torch
+  model = _timm_model(name)
+  res = RES.get(name, 224)
+  x = torch.randn(batch, 3, res, res)
+  y = torch.randint(0, NUM_CLASSES.get(name, 1000), (batch,))
+  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+  model.train(mode == "train")
+
+  def run():
+    if mode == "train":
+      opt.zero_grad(set_to_none=True)
+      loss = torch.nn.functional.cross_entropy(model(x), y)
+      loss.backward()
+      opt.step()
+    else:
+      with torch.inference_mode():
+        model(x)
+  return run, sum(p.numel() for p in model.parameters())
+
+
 def torch_worker():
   import torch
   torch.set_num_threads(os.cpu_count() or 1)
@@ -68,26 +90,10 @@ def torch_worker():
     cmd = json.loads(line)
     key = (cmd["model"], cmd["mode"], cmd["batch"])
     if key not in state:
-      model = _timm_model(cmd["model"])
-      res = RES.get(cmd["model"], 224)
-      x = torch.randn(cmd["batch"], 3, res, res)
-      y = torch.randint(0, NUM_CLASSES.get(cmd["model"], 1000), (cmd["batch"],))
-      opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-      model.train(cmd["mode"] == "train")
-
-      def run(model=model, x=x, y=y, opt=opt, mode=cmd["mode"]):
-        if mode == "train":
-          opt.zero_grad(set_to_none=True)
-          loss = torch.nn.functional.cross_entropy(model(x), y)
-          loss.backward()
-          opt.step()
-        else:
-          with torch.inference_mode():
-            model(x)
+      run, params = timm_runner(cmd["model"], cmd["mode"], cmd["batch"])
       t0 = time.perf_counter()
       run()  # warm-up
       state[key] = run
-      params = sum(p.numel() for p in model.parameters())
       print(json.dumps({"warmup_s": time.perf_counter() - t0, "params": params}), flush=True)
       continue
     t0 = time.perf_counter()

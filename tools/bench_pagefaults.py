@@ -32,22 +32,7 @@ def _runner(side, model, mode, batch):
     return bench_models.jax_runner(model, mode, batch)[0]
   import torch
   torch.set_num_threads(os.cpu_count() or 1)
-  net = bench_models._timm_model(model)
-  res = bench_models.RES.get(model, 224)
-  x = torch.randn(batch, 3, res, res)
-  y = torch.randint(0, bench_models.NUM_CLASSES.get(model, 1000), (batch,))
-  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-  net.train(mode == "train")
-
-  def run():
-    if mode == "train":
-      opt.zero_grad(set_to_none=True)
-      torch.nn.functional.cross_entropy(net(x), y).backward()
-      opt.step()
-    else:
-      with torch.inference_mode():
-        net(x)
-  return run
+  return bench_models.timm_runner(model, mode, batch)[0]
 
 
 def main(argv=None):

@@ -25,10 +25,6 @@ sys.path.insert(0, str(REPO))
 from configs import quickstart  # noqa: E402
 
 
-def config_batch_size():
-  return quickstart.get_config().batch_size
-
-
 def _losses(workdir):
   return [m["train/loss"] for m in read_metrics(workdir) if "train/loss" in m]
 
@@ -65,9 +61,10 @@ def test_quickstart_reaches_95_percent_on_digits(quickstart_run):
   # Throughput between log points: positive, and examples = steps x batch size.
   logged = [r for r in records if "train/loss" in r]
   assert all(r["train/steps_per_sec"] > 0 for r in logged)
+  batch_size = quickstart.get_config().batch_size
   for r in logged:
     np.testing.assert_allclose(r["train/examples_per_sec"],
-                               r["train/steps_per_sec"] * config_batch_size(), rtol=1e-9)
+                               r["train/steps_per_sec"] * batch_size, rtol=1e-9)
   evals = [r for r in records if "eval/accuracy" in r]
   assert [r["step"] for r in evals] == [300, 600, final["step"]]
   # The loss went down and TensorBoard event files exist.
