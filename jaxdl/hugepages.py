@@ -4,9 +4,9 @@ XLA:CPU allocates the temporary buffer of every execution afresh, and glibc serv
 allocation above 32 MiB with a new `mmap`, so each training step first-touches all of it
 again: one minor page fault per 4 KiB page, each one a trap into the kernel that zeroes the
 page. A densenet121 training step at batch 8 takes 287,000 faults (1.1 GiB) on the 2-core
-development VM, ~0.6 s of kernel time in a 1.5 s step; timm's step takes few (PyTorch's
-tensors are smaller than glibc's mmap threshold and are recycled from its heap). With
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, glibc asks for transparent huge pages on those
+development VM, ~0.6 s of kernel time in a 1.5 s step; timm's step takes 7,000-66,000
+(most of PyTorch's tensors are below glibc's mmap threshold and are recycled from its heap).
+With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, glibc asks for transparent huge pages on those
 mappings (`madvise(MADV_HUGEPAGE)`): 1,000 faults and 1.13 s per step (BENCHMARKS.md,
 "Page faults"). glibc reads the tunable only when a process starts, so:
 
