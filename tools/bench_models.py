@@ -145,6 +145,10 @@ VARIANTS = {
     "ynn-off": "compiled with XLA:CPU's YNNPACK fusions off (compiler option "
                "xla_cpu_experimental_ynn_fusion_type='': XLA's own dots and loops)",
     "gelu-erfc": "GELU as nn.gelu(approximate=False) (erfc form) instead of erf's",
+    "dw-padded-dx": "stride-1 depthwise VJP on the padded input: its input gradient over "
+                    "the padded positions, then cropped",
+    "no-dense-stats": "DenseNet layers' norm1 over each layer's stored concatenation, not "
+                      "the feature maps' shared batch statistics (concat_normalize_relu)",
 }
 
 
@@ -206,6 +210,13 @@ def _switched_off(name):
     from jaxdl.layers import activations
     erfc_form = lambda x: jax.nn.gelu(x, approximate=False)
     with mock.patch.dict(activations._ACTIVATIONS, {"gelu": erfc_form}):
+      yield
+  elif name == "dw-padded-dx":
+    with mock.patch.object(conv_lib, "_DW_UNPADDED_DX", False):
+      yield
+  elif name == "no-dense-stats":
+    from jaxdl.models import densenet
+    with mock.patch.object(densenet, "_CACHE_STATS", False):
       yield
   elif name == "dw-kgrad-whole":
     sys.path.insert(0, str(REPO / "tools"))

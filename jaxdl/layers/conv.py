@@ -118,7 +118,7 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
     x = _pad(lhs, pads)
     return _patch_matmul(x, rhs, window, precision, preferred_element_type)
   if feature_group_count == c_in and rhs.shape[n] == 1 and c_out == c_in:
-    return depthwise_shifted(_pad(lhs, pads), rhs, strides, preferred_element_type)
+    return depthwise_shifted(lhs, rhs, strides, preferred_element_type, pads)
   if feature_group_count == 1 and all(w == 1 for w in window):
     x = _pad(lhs, pads)
     x = x[(slice(None),) + tuple(slice(None, None, s) for s in strides)]
@@ -327,8 +327,9 @@ def _conv_s1_bwd(pads, dn, precision, preferred_element_type, res, g):
 _conv_s1_vjp.defvjp(_conv_s1_fwd, _conv_s1_bwd)
 
 
-def depthwise_shifted(x, rhs, strides, preferred_element_type):
-  """Depthwise convolution of padded x [N, *S, C] with rhs [*K, 1, C] as shifted products.
+def depthwise_shifted(x, rhs, strides, preferred_element_type, pads=None):
+  """Depthwise convolution of x [N, *S, C], padded by `pads` (None: none), with rhs
+  [*K, 1, C] as shifted products.
 
   At stride 1 it has a custom VJP: the input gradient is itself a shifted-sum depthwise
   correlation of the padded cotangent with the flipped kernel, one fused loop. Autodiff of
@@ -336,16 +337,30 @@ def depthwise_shifted(x, rhs, strides, preferred_element_type):
   of each kernel tap (RDNet-T's training step: 1.45x faster with the custom VJP, compile
   186 s -> 105 s; BENCHMARKS.md); the backward pass runs over chunks of images
   (`scan_batch_chunks`: rdnet_tiny's step 1.27x faster than over the whole batch), and the
-  kernel gradient over blocks of rows of one image (`_depthwise_kernel_grad`). Strided
+  kernel gradient over blocks of rows of one image (`_depthwise_kernel_grad`). The padding
+  is inside the VJP, so the input gradient is computed at the unpadded positions only, not
+  over the padded input to be cropped (a 7x7 'same' layer: 1.23x fewer positions at 56x56,
+  3.4x at 7x7; BENCHMARKS.md "Depthwise input gradient without the padding"). Strided
   layers keep autodiff: there the same correlation would run over the stride-dilated
   cotangent, mostly zeros (2.3x slower for MobileNetV2's 3x3/2 layer). A custom VJP rules
   out forward-mode autodiff (`jax.jvp`, `jax.hessian`) through the stride-1 layers on CPU;
   trace under `conv_impl("xla")` for those.
   """
+  n = x.ndim - 2
+  window = rhs.shape[:n]
+  pads = ((0, 0),) * n if pads is None else tuple((int(lo), int(hi)) for lo, hi in pads)
   out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x, rhs))
-  if all(s == 1 for s in strides):
-    return _depthwise_vjp(x, rhs, out_dtype)
-  return _depthwise_sum(x, rhs, tuple(strides), out_dtype)
+  if not all(s == 1 for s in strides):
+    return _depthwise_sum(_pad(x, pads), rhs, tuple(strides), out_dtype)
+  if _DW_UNPADDED_DX and all(0 <= p < k for k, pad in zip(window, pads) for p in pad):
+    return _depthwise_vjp(x, rhs, pads, out_dtype)
+  return _depthwise_vjp(_pad(x, pads), rhs, ((0, 0),) * n, out_dtype)
+
+
+# Whether the stride-1 depthwise VJP pads inside (input gradient at the unpadded positions);
+# False: it takes the padded input, whose gradient is cropped (tools/bench_models.py
+# --variants dw-padded-dx).
+_DW_UNPADDED_DX = True
 
 
 def _shifted_terms(x, window, strides, out_sizes):
@@ -399,38 +414,42 @@ def _loop_fusion_boundary_jvp(primals, tangents):
   return _loop_fusion_boundary(primals[0]), tangents[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _depthwise_vjp(x, rhs, out_dtype):
-  """Stride-1 `_depthwise_sum` with the VJP described in `depthwise_shifted`."""
-  return _depthwise_sum(x, rhs, (1,) * (x.ndim - 2), out_dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_vjp(x, rhs, pads, out_dtype):
+  """Stride-1 `_depthwise_sum` of x padded by `pads` (each side < K), with the VJP described
+  in `depthwise_shifted`."""
+  return _depthwise_sum(_pad(x, pads), rhs, (1,) * (x.ndim - 2), out_dtype)
 
 
-def _depthwise_fwd(x, rhs, out_dtype):
-  return _depthwise_vjp(x, rhs, out_dtype), (x, rhs)
+def _depthwise_fwd(x, rhs, pads, out_dtype):
+  return _depthwise_vjp(x, rhs, pads, out_dtype), (_pad(x, pads), rhs)
 
 
-def _depthwise_bwd(out_dtype, res, g):
+def _depthwise_bwd(pads, out_dtype, res, g):
   del out_dtype
-  x, rhs = res
-  n = x.ndim - 2
+  xp, rhs = res
+  n = xp.ndim - 2
   ones = (1,) * n
   window = rhs.shape[:n]
   flipped = rhs[tuple(slice(None, None, -1) for _ in range(n))]
   acc = jnp.promote_types(g.dtype, jnp.float32)
-  # Input gradient: dx[p] = sum_k g[p - k] w[k], a full correlation of the cotangent (padded
-  # by K - 1 on both sides) with the flipped kernel.
-  pads = [(0, 0, 0)] + [(k - 1, k - 1, 0) for k in window] + [(0, 0, 0)]
+  # Input gradient at the unpadded positions q: dx[q] = sum_k g[q + lo - k] w[k], a
+  # correlation of the cotangent padded by K - 1 - lo below and K - 1 - hi above with the
+  # flipped kernel.
+  widths = ([(0, 0, 0)] + [(k - 1 - lo, k - 1 - hi, 0) for k, (lo, hi) in zip(window, pads)]
+            + [(0, 0, 0)])
+  dx_dtype = jnp.dtype(xp.dtype)
 
   def one_chunk(dw, xc, gc):
-    gz = lax.pad(gc, jnp.zeros((), gc.dtype), pads)
-    dx = _depthwise_sum(gz, flipped, ones, jnp.dtype(x.dtype))
+    gz = lax.pad(gc, jnp.zeros((), gc.dtype), widths)
+    dx = _depthwise_sum(gz, flipped, ones, dx_dtype)
     return dw + _depthwise_kernel_grad(xc, gc, window, acc), dx
 
   # Both read the cotangent once per tap: a scan over chunks of images (`scan_batch_chunks`).
-  per_image = (math.prod(x.shape[1:]) * x.dtype.itemsize
+  per_image = (math.prod(xp.shape[1:]) * xp.dtype.itemsize
                + math.prod(g.shape[1:]) * g.dtype.itemsize)
-  dw, dx = scan_batch_chunks(one_chunk, jnp.zeros((math.prod(window), x.shape[-1]), acc),
-                             (x, g), per_image)
+  dw, dx = scan_batch_chunks(one_chunk, jnp.zeros((math.prod(window), xp.shape[-1]), acc),
+                             (xp, g), per_image)
   return dx, dw.reshape(rhs.shape).astype(rhs.dtype)
 
 

@@ -16,6 +16,7 @@ for the input gradient (BENCHMARKS.md "BatchNorm on CPU").
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -189,6 +190,62 @@ def _bn_bwd(epsilon, relu, res, cts):
 
 
 _bn_vjp.defvjp(_bn_fwd, _bn_bwd)
+
+
+def concat_normalize_relu(xs, mean, var, scale, bias, epsilon: float = 1e-5):
+  """relu(normalize(concatenate(xs, -1), mean, var, scale, bias, epsilon)) with a custom VJP.
+
+  A DenseNet layer's BatchNorm + ReLU over the concatenation of the earlier feature maps xs
+  [..., C_i], given the per-channel statistics (mean, var) [sum C_i] instead of computing
+  them: the batch statistics of a concatenation are the concatenation of each input's, so a
+  dense block computes them once per feature map (`_moments`) rather than once per layer
+  that reads it, and differentiates through them once per feature map. The concatenation
+  itself is fused into the normalization (never stored), and the backward pass is the two
+  per-channel sums (of g and of g (x - mean)) and dx_i = scale rstd g_i per input, which
+  fuses into the accumulation of x_i's gradient over the layers that read it; the terms of
+  the statistics (dmean, dvar) are returned for `_moments`' VJP. Values and gradients equal
+  autodiff's up to summation order. Returns the promoted dtype of xs and the parameters.
+  """
+  return _cnr_vjp(tuple(xs), mean, var, scale, bias, epsilon)
+
+
+def _concat(xs):
+  return jnp.concatenate(xs, axis=-1) if len(xs) > 1 else xs[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _cnr_vjp(xs, mean, var, scale, bias, epsilon):
+  return jax.nn.relu(normalize(_concat(xs), mean, var, scale, bias, epsilon))
+
+
+def _cnr_fwd(xs, mean, var, scale, bias, epsilon):
+  return _cnr_vjp(xs, mean, var, scale, bias, epsilon), (xs, mean, var, scale, bias)
+
+
+def _cnr_bwd(epsilon, res, gy):
+  xs, mean, var, scale, bias = res
+  acc = jnp.promote_types(mean.dtype, jnp.float32)
+  axes = tuple(range(gy.ndim - 1))
+  x = _concat(xs).astype(acc)
+  rstd = lax.rsqrt(var.astype(acc) + epsilon)
+  a = scale.astype(acc) * rstd
+  # The forward's normalization (same order of operations): the ReLU's mask.
+  g = jnp.where((x - mean) * a + bias.astype(acc) > 0, gy.astype(acc), jnp.zeros((), acc))
+  # Shifted sums, as `_bn_bwd`; the shift taken from the inputs, not from their
+  # concatenation (which XLA would then store to read one position of it).
+  s = _concat([xi[(0,) * len(axes)] for xi in xs]).astype(acc)
+  sum_g = g.sum(axis=axes)
+  sum_gxc = (g * (x - s)).sum(axis=axes) - (mean - s) * sum_g  # = sum g (x - mean)
+  dx = a * g
+  splits = list(itertools.accumulate(xi.shape[-1] for xi in xs))[:-1]
+  dxs = tuple(d.astype(xi.dtype) for d, xi in zip(jnp.split(dx, splits, axis=-1), xs))
+  dmean = -a * sum_g
+  dvar = -0.5 * a * rstd * rstd * sum_gxc
+  return (dxs, dmean.astype(mean.dtype), dvar.astype(var.dtype),
+          (sum_gxc * rstd).astype(scale.dtype), sum_g.astype(bias.dtype))
+
+
+_cnr_vjp.defvjp(_cnr_fwd, _cnr_bwd)
 
 
 def layer_norm(name: str, dtype: Any = None, param_dtype: Any = jnp.float32,

@@ -39,9 +39,11 @@ import jax.numpy as jnp
 
 from jaxdl import errors
 from jaxdl.layers import sow_relu
+from jaxdl.layers import conv as conv_lib
 from jaxdl.layers.conv import Conv, conv_general_dilated
 from jaxdl.layers.inputs import check_images
-from jaxdl.layers.norm import batch_norm, batch_norm_fn, batch_norm_relu
+from jaxdl.layers.norm import (_moments, batch_norm, batch_norm_fn, batch_norm_relu,
+                               concat_normalize_relu)
 from jaxdl.layers.pool import max_pool
 from jaxdl.layers.remat import recompute_in_backward
 from jaxdl.models.registry import register
@@ -75,17 +77,25 @@ class _ConvKernel(nn.Module):
     return self.param("kernel", _conv_init, self.shape, self.param_dtype)
 
 
-def _bottleneck(features, norm1, conv1, norm2, *, train, dtype, want_pre):
+def _bottleneck(features, norm1, conv1, norm2, stats=None, *, train, dtype, want_pre):
   """concat - BN - ReLU - conv1x1 - BN - ReLU of a dense layer, as one pure function.
 
   features: tuple of [N, H, W, C_i]; norm1 / norm2: (scale, bias, running mean, running
-  variance); conv1: kernel [1, 1, sum C_i, bn_size * k]. Returns (h [N, H, W, bn_size * k]
-  = the input of conv2, (batch mean, batch variance) of norm1 and of norm2[, the inputs of
-  both ReLUs]). This is the part that `memory_efficient` recomputes in the backward pass.
+  variance); conv1: kernel [1, 1, sum C_i, bn_size * k]; stats: None, or (training, no
+  want_pre) the batch (mean, variance) of each feature map, which norm1 then uses through
+  `concat_normalize_relu` (see `DenseBlock`). Returns (h [N, H, W, bn_size * k] = the input
+  of conv2, (batch mean, batch variance) of norm1 and of norm2[, the inputs of both
+  ReLUs]). This is the part that `memory_efficient` recomputes in the backward pass.
   """
-  x = jnp.concatenate(features, axis=-1) if len(features) > 1 else features[0]
-  # Without want_pre the ReLUs run inside the BatchNorms (fused into their VJPs on CPU).
-  a1, m1, v1 = batch_norm_fn(x, *norm1, train, dtype, relu=not want_pre)
+  if stats is not None:
+    m1 = jnp.concatenate([m for m, _ in stats])
+    v1 = jnp.concatenate([v for _, v in stats])
+    a1 = concat_normalize_relu(features, m1, v1, *norm1[:2])
+    a1 = a1.astype(dtype or a1.dtype)
+  else:
+    x = jnp.concatenate(features, axis=-1) if len(features) > 1 else features[0]
+    # Without want_pre the ReLUs run inside the BatchNorms (fused into their VJPs on CPU).
+    a1, m1, v1 = batch_norm_fn(x, *norm1, train, dtype, relu=not want_pre)
   cdt = dtype or jnp.result_type(a1, conv1)
   h1 = jax.nn.relu(a1) if want_pre else a1
   z = conv_general_dilated(h1.astype(cdt), conv1.astype(cdt), (1, 1),
@@ -144,7 +154,10 @@ class DenseLayer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, features: Sequence[jax.Array], train: bool = False) -> jax.Array:
+  def __call__(self, features: Sequence[jax.Array], train: bool = False,
+               stats: Sequence[tuple[jax.Array, jax.Array]] | None = None) -> jax.Array:
+    """features: the earlier feature maps; stats: None, or their batch (mean, variance)
+    (training only), which norm1 then uses instead of computing its own (`DenseBlock`)."""
     c_in = sum(f.shape[-1] for f in features)
     width = self.bn_size * self.growth_rate
     *norm1, stats1 = _BatchNormVariables(c_in, self.param_dtype, name="norm1")()
@@ -167,8 +180,11 @@ class DenseLayer(nn.Module):
       else:
         raise errors.ConfigError(f"DenseNet remat must be 'recompute' or 'checkpoint', got "
                                  f"{self.remat!r}.")
-    out = fn(tuple(features), tuple(norm1) + tuple(v.value for v in stats1), kernel,
-             tuple(norm2) + tuple(v.value for v in stats2))
+    args = (tuple(features), tuple(norm1) + tuple(v.value for v in stats1), kernel,
+            tuple(norm2) + tuple(v.value for v in stats2))
+    if stats is not None and train and not want_pre and self.bottleneck_impl == "xla":
+      args += (tuple(stats),)
+    out = fn(*args)
     h = out[0]
     if want_pre:
       self.sow("preactivations", "relu1", out[3][0])
@@ -186,6 +202,12 @@ class DenseLayer(nn.Module):
     return x
 
 
+# Whether training dense blocks on CPU share each feature map's batch statistics between the
+# layers that read it (`DenseBlock`); False: each layer's BatchNorm over its concatenation
+# (tools/bench_models.py --variants no-dense-stats).
+_CACHE_STATS = True
+
+
 class DenseBlock(nn.Module):
   """`num_layers` dense layers; returns the concatenation [N, H, W, C_in + num_layers * k]."""
   num_layers: int
@@ -201,11 +223,20 @@ class DenseBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     features = [x]
+    # Training on CPU (`conv_impl` "auto"): the batch statistics of each feature map are
+    # computed once, for every later layer's norm1 (`concat_normalize_relu`), instead of
+    # over each layer's concatenation (quadratic in depth), and the concatenation is never
+    # stored. BENCHMARKS.md "Dense block statistics on CPU".
+    cache = (_CACHE_STATS and train and self.bottleneck_impl == "xla" and conv_lib._use_fast(None)
+             and not self.is_mutable_collection("preactivations"))
+    stats = [_moments(x, fusable=True)] if cache else None
     for i in range(self.num_layers):
       layer = DenseLayer(self.growth_rate, self.bn_size, self.drop_rate, self.memory_efficient,
                          self.remat, self.bottleneck_impl, self.dtype, self.param_dtype,
                          name=f"denselayer{i + 1}")
-      features.append(layer(features, train))
+      features.append(layer(features, train, stats))
+      if cache:
+        stats.append(_moments(features[-1], fusable=True))
     return jnp.concatenate(features, axis=-1)
 
 

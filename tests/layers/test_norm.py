@@ -64,6 +64,45 @@ def test_batch_norm_train_values_and_gradients_against_float64(shape, relu):
     np.testing.assert_allclose(f32, r, rtol=2e-4, atol=2e-4 * float(np.abs(r).max()))
 
 
+def test_concat_normalize_relu_with_per_input_moments_equals_batch_norm_of_the_concatenation():
+  """A dense block's norm1 + ReLU from each input's moments (`_moments`) through
+  `concat_normalize_relu`: values and gradients (inputs, scale, bias; also through a loss of
+  the statistics) equal autodiff of BatchNorm + ReLU over the concatenation, to float64
+  rounding in float64 and float32 accuracy in float32."""
+  rng = np.random.default_rng(5)
+  widths = (3, 2, 4)
+  xs = tuple(rng.standard_normal((4, 3, 5, c)) * 2 + rng.standard_normal(c) for c in widths)
+  c = sum(widths)
+  scale, bias = rng.standard_normal(c), rng.standard_normal(c)
+  wy, wm, wv = (rng.standard_normal(s) for s in ((4, 3, 5, c), (c,), (c,)))
+
+  def shared(xs, scale, bias):
+    stats = [norm._moments(x, fusable=True) for x in xs]
+    mean, var = (jnp.concatenate(s) for s in zip(*stats))
+    y = norm.concat_normalize_relu(xs, mean, var, scale, bias, 1e-3)
+    return (jnp.tanh(y) * wy).sum() + (mean * wm).sum() + (var * wv).sum(), y
+
+  def plain(xs, scale, bias):
+    y, mean, var = norm._bn_plain(jnp.concatenate(xs, -1), scale, bias, 1e-3, relu=True)
+    return (jnp.tanh(y) * wy).sum() + (mean * wm).sum() + (var * wv).sum(), y
+
+  def grads(f, dtype):
+    args = (tuple(jnp.asarray(x, dtype) for x in xs), jnp.asarray(scale, dtype),
+            jnp.asarray(bias, dtype))
+    return jax.grad(f, argnums=(0, 1, 2), has_aux=True)(*args)
+  with jax.enable_x64(True):
+    (ref, ry), (got64, y64) = grads(plain, jnp.float64), grads(shared, jnp.float64)
+    assert 0.2 < float((ry > 0).mean()) < 0.8  # the mask matters
+    np.testing.assert_allclose(y64, ry, rtol=1e-12, atol=1e-12)
+    for r, g in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got64)):
+      np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
+  got32, y32 = grads(shared, jnp.float32)
+  np.testing.assert_allclose(y32, ry, rtol=1e-5, atol=1e-5)
+  for r, g in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got32)):
+    assert g.dtype == jnp.float32
+    np.testing.assert_allclose(g, r, rtol=2e-4, atol=2e-4 * float(np.abs(r).max()))
+
+
 @pytest.mark.parametrize("offset", [300.0, 1000.0])
 def test_batch_norm_train_gradients_with_large_offsets_and_an_outlier_first_position(offset):
   """The backward's sum of g (x - mean) is shifted by x's first position (`_bn_bwd`): with

@@ -91,6 +91,25 @@ def test_memory_efficient_equals_naive(tiny, fast_jit):
 
 
 @pytest.mark.parametrize("memory_efficient", [False, True])
+def test_shared_feature_statistics_equal_per_layer_batch_norm(tiny, fast_jit, monkeypatch,
+                                                              memory_efficient):
+  # Training on CPU, a dense block computes each feature map's batch statistics once and
+  # every later layer's norm1 uses them (concat_normalize_relu): same loss, running
+  # statistics and gradients as each layer's BatchNorm over its own concatenation.
+  from jaxdl.models import densenet
+  _, v = tiny
+  uses_shared = lambda: "_cnr_fwd" in str(_loss_and_grads(memory_efficient, v, jax.make_jaxpr))
+  assert uses_shared()
+  (l0, s0), g0 = _loss_and_grads(memory_efficient, v, fast_jit)
+  monkeypatch.setattr(densenet, "_CACHE_STATS", False)
+  assert not uses_shared()
+  (l1, s1), g1 = _loss_and_grads(memory_efficient, v, fast_jit)
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves((g0, s0)), jax.tree_util.tree_leaves((g1, s1))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
 def test_bottleneck_kernel_option_equals_xla(tiny, fast_jit, memory_efficient):
   # bottleneck_impl="pallas" (interpret mode on CPU): per-input batch moments, BatchNorm
   # folded into the kernel's scale/shift, the kernel's custom VJP; same loss, updated
