@@ -147,6 +147,10 @@ VARIANTS = {
     "gelu-erfc": "GELU as nn.gelu(approximate=False) (erfc form) instead of erf's",
     "dw-padded-dx": "stride-1 depthwise VJP on the padded input: its input gradient over "
                     "the padded positions, then cropped",
+    "padded-tap-sums": "stride-1 tap sums (DenseNet's 3x3 forward) with each tap's term "
+                       "padded to the output, not summed region by region as plain slices",
+    "pool-scan": "max-pool backward over chunks of images (scan_batch_chunks), not the whole "
+                 "batch at once",
     "no-dense-stats": "DenseNet layers' norm1 over each layer's stored concatenation, not "
                       "the feature maps' shared batch statistics (concat_normalize_relu)",
 }
@@ -213,6 +217,13 @@ def _switched_off(name):
       yield
   elif name == "dw-padded-dx":
     with mock.patch.object(conv_lib, "_DW_UNPADDED_DX", False):
+      yield
+  elif name == "padded-tap-sums":
+    with mock.patch.object(conv_lib, "_REGION_SUMS", False):
+      yield
+  elif name == "pool-scan":
+    from jaxdl.layers import pool
+    with mock.patch.object(pool, "_SCAN_CHUNKS", True):
       yield
   elif name == "no-dense-stats":
     from jaxdl.models import densenet

@@ -1,4 +1,4 @@
-"""Where a jaxdl training (or inference) step spends its time on this machine, op by op.
+r"""Where a jaxdl training (or inference) step spends its time on this machine, op by op.
 
   PYTHONPATH=. python tools/profile_step.py --model densenet121 --batch 8
   PYTHONPATH=. python tools/profile_step.py --model rdnet_tiny --mode infer --top 40
@@ -12,8 +12,10 @@ the same process) to show what it computes: its kind (fusion, custom-call, convo
 and result shape, and its op_name (the JAX source op of the fusion's root: a YNNPACK fusion
 can hold several ops, e.g. a ResNet's last convolutions together with the global average
 pool, and is counted under its root). Totals are per step. On CPU the ops of one step run
-in sequence (each op may use several threads), so the per-op sums add up to about the step
-time. --group REGEX also sums them by a part of their op_name (module names), forward and
+in sequence (each op may use several threads), except that a dot's or convolution's event
+only dispatches it to the thread pool: the idle gap after it, in which the pool does the
+work, is added to that op (`op_times`), so the per-op sums add up to the step time.
+--group REGEX also sums them by a part of their op_name (module names), forward and
 backward apart.
 """
 
@@ -64,10 +66,19 @@ def _short_shape(shape):
   return f"({len(parts)} x {parts[0]}, ...)" if parts else shape
 
 
-def op_times(trace_dir):
-  """{event name: total microseconds} over the "X" events of the Perfetto trace(s)."""
+def op_times(trace_dir, names=None):
+  """({event name: total microseconds}, {name: count}, {name: microseconds with gaps}, [step
+  microseconds]) over the "X" events of the Perfetto trace(s).
+
+  XLA:CPU runs a dot (and a convolution) as a task on its thread pool: the op's own event
+  only dispatches it, and the work shows as a gap in which no op event is open. With `names`
+  (the ops, e.g. `hlo_index`'s keys), each such gap inside an execution of the step (an
+  "ThunkExecutor::Execute (wait for completion)" event) is added to the op that ended last
+  before it: the third result. The fourth is each execution's wall time.
+  """
   totals = collections.Counter()
   counts = collections.Counter()
+  spans, steps = [], []
   for path in glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True):
     with gzip.open(path) as f:
       events = json.load(f)
@@ -75,7 +86,23 @@ def op_times(trace_dir):
       if e.get("ph") == "X" and "dur" in e:
         totals[e["name"]] += float(e["dur"])
         counts[e["name"]] += 1
-  return totals, counts
+        if names is not None and e["name"] in names:
+          spans.append((float(e["ts"]), float(e["ts"]) + float(e["dur"]), e["name"]))
+        if e["name"] == "ThunkExecutor::Execute (wait for completion)":
+          steps.append((float(e["ts"]), float(e["ts"]) + float(e["dur"])))
+  with_gaps = collections.Counter({n: totals[n] for n in names or ()})
+  spans.sort()
+  steps.sort()
+  for start, stop in steps:
+    end, last = start, None
+    for a, b, name in spans:
+      if b <= start or a >= stop:
+        continue
+      if a > end and last is not None:
+        with_gaps[last] += a - end
+      if b > end:
+        end, last = b, name
+  return totals, counts, with_gaps, [b - a for a, b in steps]
 
 
 def main(argv=None):
@@ -109,12 +136,16 @@ def main(argv=None):
   with jax.profiler.trace(trace, create_perfetto_trace=True):
     for _ in range(args.steps):
       run()
-  totals, counts = op_times(trace)
   index = hlo_index(dump)
-  ops = {n: t for n, t in totals.items() if n in index}
+  totals, counts, with_gaps, walls = op_times(trace, index)
+  own = sum(t for n, t in totals.items() if n in index) / args.steps
+  ops = {n: t for n, t in with_gaps.items() if counts[n]}
   step_us = sum(ops.values()) / args.steps
   print(f"{args.model} {args.mode} batch {args.batch} (variant {args.variant}): "
-        f"{step_us / 1e3:.1f} ms per step in {len(ops)} XLA ops; output in {out}")
+        f"{step_us / 1e3:.1f} ms per step in {len(ops)} XLA ops (wall "
+        f"{', '.join(f'{w / 1e3:.0f}' for w in walls)} ms; ops' own events "
+        f"{own / 1e3:.1f} ms, the rest is thread-pool work of dots and convolutions, "
+        f"added to the op that dispatched it); output in {out}")
   kinds = collections.Counter()
   for n, t in ops.items():
     kinds[index[n][0]] += t / args.steps

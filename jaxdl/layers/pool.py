@@ -11,9 +11,8 @@ BENCHMARKS.md "Depthwise and max-pool gradients on CPU"). Here, on CPU:
   without differentiation, `nn.max_pool` itself;
 - backward (custom VJP): the input positions split by their residue modulo the stride into
   s*s phases; each phase receives the cotangent of the taps with that residue, shifted by
-  the tap's offset (a fused loop per phase); the phases are interleaved back with one
-  reshape; a scan over chunks of images keeps XLA from fusing the cotangent's producer into
-  this per-tap loop.
+  the tap's offset: slices of the once-padded cotangent (a fused loop per phase); the
+  phases are interleaved back with one reshape (`_scatter_taps`).
 
 Values and gradients equal `nn.max_pool`'s (tests/layers/test_pool.py). Other backends, and
 `conv_impl("xla")`, use `nn.max_pool`. The custom VJP rules out forward-mode autodiff through
@@ -83,9 +82,8 @@ def _max_pool_fwd(x, window, strides, pads):
 
 def _max_pool_bwd(window, strides, pads, res, g):
   idx, x_shape = res
-  # A scan over chunks of images (see `scan_batch_chunks`): each tap reads g, and a fused
-  # producer of g would otherwise be recomputed per tap (the DenseNet-121 stem pool: 0.35 s
-  # of a 3.3 s training step).
+  if not _SCAN_CHUNKS:
+    return (_scatter_taps(window, strides, pads, idx, g, x_shape),)
   per_image = g.dtype.itemsize * math.prod(x_shape[1:])
   _, dx = _conv.scan_batch_chunks(
       lambda _, i, gc: (None, _scatter_taps(window, strides, pads, i, gc,
@@ -94,35 +92,62 @@ def _max_pool_bwd(window, strides, pads, res, g):
   return (dx,)
 
 
+# Whether the backward pass runs over chunks of images (`scan_batch_chunks`), which kept a
+# fused producer of the cotangent from being recomputed per tap when each tap's term was
+# padded separately; with the taps as slices of the once-padded cotangent the whole batch at
+# once is faster (tools/bench_models.py --variants pool-scan; BENCHMARKS.md "Max-pool
+# gradient as slices").
+_SCAN_CHUNKS = False
+
+
+def _phase_taps(stride, lo, window, residue):
+  """[(tap offset k, output shift d)]: input positions p = stride * m + residue receive tap k
+  of output m + d, for every k with k = residue + lo - stride * d."""
+  return [(k, (residue + lo - k) // stride) for k in range(window)
+          if (residue + lo - k) % stride == 0]
+
+
 def _scatter_taps(window, strides, pads, idx, g, x_shape):
-  """The max-pool input gradient: the cotangent sent to the tap that held each maximum."""
+  """The max-pool input gradient: the cotangent sent to the tap that held each maximum.
+
+  The input positions split by their residue modulo the stride into prod(strides) phases;
+  phase position m receives, from each tap k of its residue, the cotangent of output m + d
+  where that output's maximum was tap k. g and idx are padded once so that every term is a
+  plain slice (no per-term padding, whose bounds checks XLA:CPU evaluates per element:
+  10x slower for the DenseNet-121 stem pool); the phases are interleaved with one reshape.
+  """
   n = len(window)
-  padded = tuple(s + lo + hi for s, (lo, hi) in zip(x_shape[1:-1], pads))
-  out_sizes = g.shape[1:-1]
-  q_sizes = tuple(-(-p // s) for p, s in zip(padded, strides))  # positions per phase, max
+  sizes, out_sizes = tuple(x_shape[1:-1]), tuple(g.shape[1:-1])
+  m_sizes = tuple(-(-size // s) for size, s in zip(sizes, strides))  # positions per phase
+  per_dim = [[_phase_taps(s, lo, w, r) for r in range(s)]
+             for s, (lo, _), w in zip(strides, pads, window)]
+  shifts = [[d for taps in dim for _, d in taps] or [0] for dim in per_dim]
+  lo_pad = [max(0, -min(d)) for d in shifts]
+  hi_pad = [max(0, m - 1 + max(d) - (o - 1)) for m, d, o in zip(m_sizes, shifts, out_sizes)]
+  widths = [(0, 0)] + list(zip(lo_pad, hi_pad)) + [(0, 0)]
+  gp = jnp.pad(g, widths)
+  ip = jnp.pad(idx, widths, constant_values=-1)
   zero = jnp.zeros((), g.dtype)
   phases = []
   for residue in itertools.product(*(range(s) for s in strides)):
     acc = None
-    for k, offset in enumerate(itertools.product(*(range(w) for w in window))):
-      if any(o % s != r for o, s, r in zip(offset, strides, residue)):
-        continue
-      term = jnp.where(idx == k, g, zero)
-      # tap `offset` sends output o to padded position s*o + offset: phase index o + o//s.
-      shift = [(o // s, q - size - o // s, 0)
-               for o, s, q, size in zip(offset, strides, q_sizes, out_sizes)]
-      term = lax.pad(term, zero, [(0, 0, 0)] + shift + [(0, 0, 0)])
+    for combo in itertools.product(*(per_dim[d][r] for d, r in enumerate(residue))):
+      k = 0  # the tap's index in window order (`_forward`'s idx)
+      for (offset, _), w in zip(combo, window):
+        k = k * w + offset
+      sl = ((slice(None),) + tuple(slice(a + d, a + d + m)
+                                   for (_, d), a, m in zip(combo, lo_pad, m_sizes)))
+      term = jnp.where(ip[sl] == k, gp[sl], zero)
       acc = term if acc is None else acc + term
     if acc is None:
-      acc = jnp.zeros((g.shape[0],) + q_sizes + (g.shape[-1],), g.dtype)
+      acc = jnp.zeros((g.shape[0],) + m_sizes + (g.shape[-1],), g.dtype)
     phases.append(acc)
-  # [prod s, N, *Q, C] -> [N, Q1, s1, Q2, s2, ..., C] -> [N, Q1*s1, ..., C]
+  # [prod s, N, *M, C] -> [N, M1, s1, M2, s2, ..., C] -> [N, M1*s1, ..., C], cropped.
   stacked = jnp.stack(phases).reshape(tuple(strides) + phases[0].shape)
   perm = (n,) + tuple(i for d in range(n) for i in (n + 1 + d, d)) + (2 * n + 1,)
   full = stacked.transpose(perm).reshape(
-      (g.shape[0],) + tuple(q * s for q, s in zip(q_sizes, strides)) + (g.shape[-1],))
-  crop = (slice(None),) + tuple(slice(lo, lo + s) for (lo, _), s in zip(pads, x_shape[1:-1]))
-  return full[crop]
+      (g.shape[0],) + tuple(m * s for m, s in zip(m_sizes, strides)) + (g.shape[-1],))
+  return full[(slice(None),) + tuple(slice(0, size) for size in sizes)]
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -243,6 +243,8 @@ def test_depthwise_sum_before_a_channel_reduction_stores_no_tap_slices(monkeypat
                 "bench_models --variants dw-ynn-fusion and drop _loop_fusion_boundary")
 
 
+STRIDE1_DN = {1: ("NHC", "HIO", "NHC"), 2: DN, 3: ("NDHWC", "DHWIO", "NDHWC")}
+
 STRIDE1_CASES = [  # x shape, kernel shape, pads, dimension numbers
     ((3, 11, 5), (4, 5, 6), ((2, 1),), ("NHC", "HIO", "NHC")),
     ((2, 3, 5, 4, 4), (3, 2, 3, 4, 2), ((1, 1), (0, 1), (2, 0)), ("NDHWC", "DHWIO", "NDHWC")),
@@ -295,6 +297,31 @@ def test_stride1_vjp_scan_over_images_1d_3d_dtypes_and_second_order(monkeypatch,
   scale = max(float(jnp.max(jnp.abs(gx32))), float(jnp.max(jnp.abs(gw32))))
   np.testing.assert_allclose(gx.astype(jnp.float32), gx32, atol=2e-2 * scale)
   np.testing.assert_allclose(gw.astype(jnp.float32), gw32, atol=2e-2 * scale)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,pads", [
+    ((2, 6, 5, 8), (3, 3, 8, 3), ((1, 1), (1, 1))),
+    ((2, 5, 6, 6), (3, 2, 6, 2), ((0, 2), (1, 0))),
+    ((1, 2, 3, 4), (5, 3, 4, 2), ((4, 0), (0, 2))),   # taps that meet no input position
+    ((3, 11, 5), (4, 5, 2), ((2, 1),)),
+    ((2, 3, 4, 5, 4), (3, 2, 3, 4, 2), ((1, 1), (0, 1), (2, 0))),
+])
+def test_region_sums_equal_padded_terms_and_float64(monkeypatch, x_shape, w_shape, pads):
+  """`_shifted_sum` region by region (plain slices) and with each tap's term padded (the
+  padded-tap-sums variant): the same values as a float64 convolution."""
+  rng = np.random.default_rng(4)
+  x = rng.standard_normal(x_shape).astype(np.float32)
+  w = rng.standard_normal(w_shape).astype(np.float32)
+  n = x.ndim - 2
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, STRIDE1_DN[n])
+  with jax.enable_x64(True):
+    ref = jax.lax.conv_general_dilated(jnp.asarray(x, jnp.float64), jnp.asarray(w, jnp.float64),
+                                       (1,) * n, pads, dimension_numbers=dn)
+  regions = lc._tap_sum(jnp.asarray(x), jnp.asarray(w), pads, None, None)
+  monkeypatch.setattr(lc, "_REGION_SUMS", False)
+  padded = lc._tap_sum(jnp.asarray(x), jnp.asarray(w), pads, None, None)
+  np.testing.assert_allclose(regions, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(padded, regions, rtol=1e-6, atol=1e-6)
 
 
 def test_chunk_size_is_the_largest_divisor_within_budget(monkeypatch):

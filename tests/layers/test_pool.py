@@ -19,6 +19,8 @@ CASES = [
     ("3x3/1 SAME", (2, 5, 6, 3), (3, 3), (1, 1), "SAME"),
     ("window < stride", (1, 9, 9, 2), (2, 2), (3, 3), "VALID"),
     ("1-D 3/2", (2, 11, 3), (3,), (2,), ((1, 1),)),
+    ("3x2 / (3, 2) asymmetric pads", (2, 9, 8, 3), (3, 2), (3, 2), ((0, 2), (1, 0))),
+    ("2x3 / (2, 1)", (2, 10, 7, 3), (2, 3), (2, 1), ((0, 1), (1, 1))),
 ]
 
 
@@ -39,6 +41,19 @@ def test_values_and_gradients_equal_nn_max_pool(case):
       return jax.jit(jax.grad(
           lambda x: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.sin(fn(x))))(x) ** 2)))
     np.testing.assert_allclose(penalty(f)(x), penalty(ref_f)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_backward_over_chunks_of_images_equals_the_whole_batch(monkeypatch):
+  """`_SCAN_CHUNKS` (the variant that scans over chunks of images): the same gradient."""
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 9, 10, 3)), jnp.float32)
+  args = ((3, 3), (2, 2), ((1, 1), (1, 1)))
+  g = jnp.asarray(np.random.default_rng(3).standard_normal((4, 5, 5, 3)), jnp.float32)
+  grad = lambda: jax.vjp(lambda x: pool.max_pool(x, *args, impl="fast"), x)[1](g)[0]
+  whole = grad()
+  monkeypatch.setattr(pool, "_SCAN_CHUNKS", True)
+  chunked = jax.make_jaxpr(grad)()
+  assert "scan" in str(chunked)
+  np.testing.assert_array_equal(grad(), whole)
 
 
 def test_ties_send_the_gradient_to_the_first_maximum():

@@ -1,0 +1,42 @@
+"""tools/profile_step.py's trace arithmetic: a dot's thread-pool work (the idle gap after
+its dispatch event) is counted under that dot, within each execution of the step only."""
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool():
+  spec = importlib.util.spec_from_file_location("profile_step", ROOT / "tools" / "profile_step.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_gaps_go_to_the_op_that_ended_last_within_each_step(tmp_path):
+  x = lambda name, ts, dur, tid=1: {"ph": "X", "name": name, "ts": ts, "dur": dur, "tid": tid}
+  events = [
+      x("ThunkExecutor::Execute (wait for completion)", 0, 100, tid=0),
+      x("fusion.a", 0, 10), x("dot.b", 10, 2),       # dot.b's pool work: 12..50
+      x("fusion.c", 50, 10), x("fusion.d", 55, 15, tid=2),  # overlapping threads; gap 70..80
+      x("fusion.e", 80, 20),
+      x("ThunkExecutor::Execute (wait for completion)", 200, 30, tid=0),
+      x("dot.b", 200, 5), x("fusion.a", 225, 5),     # second step: 205..225 is dot.b's
+      x("fusion.e", 300, 4),                         # outside any step: own time only
+      x("python call", 0, 400, tid=9),               # not an op
+  ]
+  (tmp_path / "host").mkdir()
+  with gzip.open(tmp_path / "host" / "t.trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  names = {"fusion.a", "dot.b", "fusion.c", "fusion.d", "fusion.e"}
+  totals, counts, with_gaps, walls = _tool().op_times(str(tmp_path), names)
+  assert walls == [100, 30]
+  assert counts["dot.b"] == 2 and totals["dot.b"] == 7
+  assert with_gaps == {"fusion.a": 15, "dot.b": 7 + 38 + 20, "fusion.c": 10,
+                       "fusion.d": 15 + 10, "fusion.e": 24}
+  # Inside the steps, the attributed times add up to the wall time (less fusion.e's event
+  # outside them, plus the 5 us in which fusion.c and fusion.d ran at once).
+  assert sum(with_gaps.values()) - 4 == sum(walls) + 5
