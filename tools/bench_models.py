@@ -9,7 +9,8 @@ PyTorch environment (--torch-python, default /work/torchvenv/bin/python; eager f
 NCHW, `torch.inference_mode` for inference). For every model and mode the two are timed in
 turns (jaxdl, timm, jaxdl, timm, ...) after one warm-up call each, so that load from other
 processes on a shared machine hits both alike; the table reports medians and the ratio
-jaxdl / timm (> 1: jaxdl faster). Each turn is a block of --block consecutive calls of
+jaxdl / timm (> 1: jaxdl faster), in brackets its range over the repeats (the ratio of the
+two block medians in each repeat). Each turn is a block of --block consecutive calls of
 which the first is not counted: the steady state of a training or inference loop. On this
 2-core VM the first jaxdl call after a timm call or a few seconds idle ran up to 1.5x slower
 than the calls after it (rdnet_tiny training: 4.3-5.0 s, then 3.3-3.7 s) and timm's first
@@ -149,8 +150,8 @@ VARIANTS = {
                     "the padded positions, then cropped",
     "padded-tap-sums": "stride-1 tap sums (DenseNet's 3x3 forward) with each tap's term "
                        "padded to the output, not summed region by region as plain slices",
-    "pool-scan": "max-pool backward over chunks of images (scan_batch_chunks), not the whole "
-                 "batch at once",
+    "pool-no-scan": "max-pool backward over the whole batch at once, not a scan over chunks "
+                    "of images (scan_batch_chunks)",
     "no-dense-stats": "DenseNet layers' norm1 over each layer's stored concatenation, not "
                       "the feature maps' shared batch statistics (concat_normalize_relu)",
 }
@@ -221,9 +222,9 @@ def _switched_off(name):
   elif name == "padded-tap-sums":
     with mock.patch.object(conv_lib, "_REGION_SUMS", False):
       yield
-  elif name == "pool-scan":
+  elif name == "pool-no-scan":
     from jaxdl.layers import pool
-    with mock.patch.object(pool, "_SCAN_CHUNKS", True):
+    with mock.patch.object(pool, "_SCAN_CHUNKS", False):
       yield
   elif name == "no-dense-stats":
     from jaxdl.models import densenet
@@ -385,17 +386,26 @@ def main(argv=None):
       for r in range(args.repeats):
         for _, call, times in (calls if r % 2 == 0 else calls[::-1]):
           block = [call() for _ in range(args.block)]
-          times.extend(block[1:] if len(block) > 1 else block)
-      seconds = {n: times for n, _, times in calls}
+          times.append(block[1:] if len(block) > 1 else block)
+      blocks = {n: times for n, _, times in calls}
+      seconds = {n: [t for b in times for t in b] for n, times in blocks.items()}
       j = batch / float(np.median(seconds["jaxdl"]))
+
+      def ratio(other):
+        """jaxdl / other over all calls, and its range over the repeats (their block
+        medians): how far one repeat's reading can stray."""
+        per = [float(np.median(o)) / float(np.median(b))
+               for b, o in zip(blocks["jaxdl"], blocks[other])]
+        r = float(np.median(seconds[other])) / float(np.median(seconds["jaxdl"]))
+        return f"{r:.2f}x ({min(per):.2f}-{max(per):.2f})"
       row = f"| {name} | {mode} | {batch} | {j:.1f} |"
       if worker is not None:
         t = batch / float(np.median(seconds["timm"]))
-        row += f" {t:.1f} | {j / t:.2f}x |"
+        row += f" {t:.1f} | {ratio('timm')} |"
       row += f" {info['compile_s']:.0f} |"
       for v in variants:
         o = batch / float(np.median(seconds[v]))
-        row += f" {o:.1f} | {j / o:.2f}x |"
+        row += f" {o:.1f} | {ratio(v)} |"
       print(row, flush=True)
       if args.show_times:
         for n, times in seconds.items():

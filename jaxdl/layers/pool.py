@@ -12,7 +12,9 @@ BENCHMARKS.md "Depthwise and max-pool gradients on CPU"). Here, on CPU:
 - backward (custom VJP): the input positions split by their residue modulo the stride into
   s*s phases; each phase receives the cotangent of the taps with that residue, shifted by
   the tap's offset: slices of the once-padded cotangent (a fused loop per phase); the
-  phases are interleaved back with one reshape (`_scatter_taps`).
+  phases are interleaved back with one reshape (`_scatter_taps`); a scan over chunks of
+  images keeps XLA from fusing the producers of the cotangent and of the argmax into this
+  per-tap loop.
 
 Values and gradients equal `nn.max_pool`'s (tests/layers/test_pool.py). Other backends, and
 `conv_impl("xla")`, use `nn.max_pool`. The custom VJP rules out forward-mode autodiff through
@@ -92,12 +94,12 @@ def _max_pool_bwd(window, strides, pads, res, g):
   return (dx,)
 
 
-# Whether the backward pass runs over chunks of images (`scan_batch_chunks`), which kept a
-# fused producer of the cotangent from being recomputed per tap when each tap's term was
-# padded separately; with the taps as slices of the once-padded cotangent the whole batch at
-# once is faster (tools/bench_models.py --variants pool-scan; BENCHMARKS.md "Max-pool
-# gradient as slices").
-_SCAN_CHUNKS = False
+# Whether the backward pass runs over chunks of images (`scan_batch_chunks`). Over the whole
+# batch XLA:CPU fuses the producers of its inputs into the per-tap loop and recomputes them
+# per tap: the forward's argmax over the window (idx) and the cotangent's producer (the
+# DenseNet-121 stem: one 82 ms fusion instead of ~15 ms; tools/bench_models.py --variants
+# pool-no-scan; BENCHMARKS.md "Training-step elementwise work on CPU").
+_SCAN_CHUNKS = True
 
 
 def _phase_taps(stride, lo, window, residue):
