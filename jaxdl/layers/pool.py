@@ -84,7 +84,8 @@ def _max_pool_fwd(x, window, strides, pads):
 
 def _max_pool_bwd(window, strides, pads, res, g):
   idx, x_shape = res
-  if not _SCAN_CHUNKS:
+  if not _SCAN_CHUNKS or all(w <= s for w, s in zip(window, strides)):
+    # Windows that do not overlap read each element of g and idx once: nothing to recompute.
     return (_scatter_taps(window, strides, pads, idx, g, x_shape),)
   per_image = g.dtype.itemsize * math.prod(x_shape[1:])
   _, dx = _conv.scan_batch_chunks(
@@ -94,11 +95,13 @@ def _max_pool_bwd(window, strides, pads, res, g):
   return (dx,)
 
 
-# Whether the backward pass runs over chunks of images (`scan_batch_chunks`). Over the whole
-# batch XLA:CPU fuses the producers of its inputs into the per-tap loop and recomputes them
-# per tap: the forward's argmax over the window (idx) and the cotangent's producer (the
-# DenseNet-121 stem: one 82 ms fusion instead of ~15 ms; tools/bench_models.py --variants
-# pool-no-scan; BENCHMARKS.md "Training-step elementwise work on CPU").
+# Whether the backward pass of overlapping windows (window > stride) runs over chunks of
+# images (`scan_batch_chunks`). Over the whole batch XLA:CPU fuses the producers of its inputs
+# into the per-tap loop and recomputes them per tap: the forward's argmax over the window
+# (idx) and the cotangent's producer (the DenseNet-121 stem: one 82 ms fusion instead of
+# ~20 ms; tools/bench_models.py --variants pool-no-scan; BENCHMARKS.md "Training-step
+# elementwise work on CPU"). Without overlap the whole batch at once is faster (VGG's 2x2/2:
+# 16.5 vs 59.9 ms).
 _SCAN_CHUNKS = True
 
 
