@@ -401,7 +401,7 @@ def depthwise_shifted(x, rhs, strides, preferred_element_type, pads=None):
   kernel gradient over blocks of rows of one image (`_depthwise_kernel_grad`). The padding
   is inside the VJP, so the input gradient is computed at the unpadded positions only, not
   over the padded input to be cropped (a 7x7 'same' layer: 1.23x fewer positions at 56x56,
-  3.4x at 7x7; BENCHMARKS.md "Depthwise input gradient without the padding"). Strided
+  3.4x at 7x7; BENCHMARKS.md "Training-step elementwise work on CPU"). Strided
   layers keep autodiff: there the same correlation would run over the stride-dilated
   cotangent, mostly zeros (2.3x slower for MobileNetV2's 3x3/2 layer). A custom VJP rules
   out forward-mode autodiff (`jax.jvp`, `jax.hessian`) through the stride-1 layers on CPU;

@@ -199,11 +199,12 @@ def concat_normalize_relu(xs, mean, var, scale, bias, epsilon: float = 1e-5):
   [..., C_i], given the per-channel statistics (mean, var) [sum C_i] instead of computing
   them: the batch statistics of a concatenation are the concatenation of each input's, so a
   dense block computes them once per feature map (`_moments`) rather than once per layer
-  that reads it, and differentiates through them once per feature map. The concatenation
-  itself is fused into the normalization (never stored), and the backward pass is the two
-  per-channel sums (of g and of g (x - mean)) and dx_i = scale rstd g_i per input, which
-  fuses into the accumulation of x_i's gradient over the layers that read it; the terms of
-  the statistics (dmean, dvar) are returned for `_moments`' VJP. Values and gradients equal
+  that reads it, and differentiates through them once per feature map. The backward pass
+  is the two per-channel sums (of g and of g (x - mean); XLA:CPU's YNNPACK reductions read
+  the concatenation, which it therefore still stores once, in the forward pass) and
+  dx_i = scale rstd g_i per input, which fuses into the accumulation of x_i's gradient over
+  the layers that read it; the terms of the statistics (dmean, dvar) are returned for
+  `_moments`' VJP. Values and gradients equal
   autodiff's up to summation order. Returns the promoted dtype of xs and the parameters.
   """
   return _cnr_vjp(tuple(xs), mean, var, scale, bias, epsilon)

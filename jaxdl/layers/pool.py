@@ -118,8 +118,9 @@ def _scatter_taps(window, strides, pads, idx, g, x_shape):
   The input positions split by their residue modulo the stride into prod(strides) phases;
   phase position m receives, from each tap k of its residue, the cotangent of output m + d
   where that output's maximum was tap k. g and idx are padded once so that every term is a
-  plain slice (no per-term padding, whose bounds checks XLA:CPU evaluates per element:
-  10x slower for the DenseNet-121 stem pool); the phases are interleaved with one reshape.
+  plain slice (no per-term padding, whose bounds checks XLA:CPU evaluates per element: the
+  stem pool's backward alone over a batch of 8, 9.5 ms against 2.0); the phases are
+  interleaved with one reshape.
   """
   n = len(window)
   sizes, out_sizes = tuple(x_shape[1:-1]), tuple(g.shape[1:-1])

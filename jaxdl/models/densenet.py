@@ -225,8 +225,8 @@ class DenseBlock(nn.Module):
     features = [x]
     # Training on CPU (`conv_impl` "auto"): the batch statistics of each feature map are
     # computed once, for every later layer's norm1 (`concat_normalize_relu`), instead of
-    # over each layer's concatenation (quadratic in depth), and the concatenation is never
-    # stored. BENCHMARKS.md "Dense block statistics on CPU".
+    # over each layer's concatenation (quadratic in depth). BENCHMARKS.md "Training-step
+    # elementwise work on CPU".
     cache = (_CACHE_STATS and train and self.bottleneck_impl == "xla" and conv_lib._use_fast(None)
              and not self.is_mutable_collection("preactivations"))
     stats = [_moments(x, fusable=True)] if cache else None
