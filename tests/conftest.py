@@ -34,6 +34,19 @@ def repo_root() -> Path:
   return REPO
 
 
+@pytest.fixture(scope="session")
+def tool():
+  """tool(name) -> the module tools/<name>.py, loaded from its file (tools/ is no package)."""
+  import importlib.util
+
+  def load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  return load
+
+
 def run_cli(args, *, env=None, timeout=300, cwd=None):
   """Runs `python -m jaxdl.train ARGS` in a subprocess; returns CompletedProcess."""
   import subprocess

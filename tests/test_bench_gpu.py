@@ -6,18 +6,8 @@ environment.
 """
 
 import importlib.util
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-  spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "tools" / "bench_gpu.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _check(rows, models, configs):
@@ -33,11 +23,11 @@ def _check(rows, models, configs):
         "skipped: torch/timm not importable"]
 
 
-def test_smoke_table_and_json(capsys, tmp_path):
+def test_smoke_table_and_json(capsys, tmp_path, tool):
   # The cheap part by default (peak, torch section, table, JSON); a model train step and the
   # kernel microbenchmarks run in the slow tests below (~20 CPU-s); the bottleneck_impl model
   # option that "+kernels" uses is checked against XLA in tests/models/test_densenet.py.
-  rows = _bench().main(["--smoke", "--skip", "jax", "kernels", "--json",
+  rows = tool("bench_gpu").main(["--smoke", "--skip", "jax", "kernels", "--json",
                         str(tmp_path / "r.json")])
   _check(rows, [], [])
   out = capsys.readouterr().out
@@ -46,16 +36,16 @@ def test_smoke_table_and_json(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_one_model_with_kernels(capsys):
-  rows = _bench().main(["--smoke", "--models", "densenet_bc_100_k12", "--configs",
+def test_smoke_one_model_with_kernels(capsys, tool):
+  rows = tool("bench_gpu").main(["--smoke", "--models", "densenet_bc_100_k12", "--configs",
                         "bf16+kernels", "--skip", "kernels"])
   _check(rows, ["densenet_bc_100_k12"], ["bf16+kernels"])
   assert "train bf16+kernels" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_full_smoke_run(capsys):
-  bench = _bench()
+def test_full_smoke_run(capsys, tool):
+  bench = tool("bench_gpu")
   rows = bench.main(["--smoke"])
   configs = ["f32", "bf16", "f32+kernels", "bf16+kernels"]
   jax_rows = [r for r in rows if r["section"] == "jaxdl"]
@@ -69,12 +59,12 @@ def test_full_smoke_run(capsys):
   del configs
 
 
-def test_cpu_flop_count_in_a_separate_process():
+def test_cpu_flop_count_in_a_separate_process(tool):
   # The MFU fallback when the accelerator's lowering has no cost analysis: the same step,
   # lowered with XLA's convolutions in a JAX_PLATFORMS=cpu process, gives the same FLOPs as
   # lowering it here under conv_impl("xla") (and not the CPU formulations' count).
   from jaxdl.layers import conv as conv_lib
-  bench = _bench()
+  bench = tool("bench_gpu")
   args = ("densenet121", 2, "f32", False, True)
   remote = bench._cpu_flops(*args)
   with conv_lib.conv_impl("xla"):

@@ -2,21 +2,10 @@
 its dispatch event) is counted under that dot, within each execution of the step only."""
 
 import gzip
-import importlib.util
 import json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tool():
-  spec = importlib.util.spec_from_file_location("profile_step", ROOT / "tools" / "profile_step.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_gaps_go_to_the_op_that_ended_last_within_each_step(tmp_path):
+def test_gaps_go_to_the_op_that_ended_last_within_each_step(tmp_path, tool):
   x = lambda name, ts, dur, tid=1: {"ph": "X", "name": name, "ts": ts, "dur": dur, "tid": tid}
   events = [
       x("ThunkExecutor::Execute (wait for completion)", 0, 100, tid=0),
@@ -32,7 +21,7 @@ def test_gaps_go_to_the_op_that_ended_last_within_each_step(tmp_path):
   with gzip.open(tmp_path / "host" / "t.trace.json.gz", "wt") as f:
     json.dump({"traceEvents": events}, f)
   names = {"fusion.a", "dot.b", "fusion.c", "fusion.d", "fusion.e"}
-  totals, counts, with_gaps, walls = _tool().op_times(str(tmp_path), names)
+  totals, counts, with_gaps, walls = tool("profile_step").op_times(str(tmp_path), names)
   assert walls == [100, 30]
   assert counts["dot.b"] == 2 and totals["dot.b"] == 7
   assert with_gaps == {"fusion.a": 15, "dot.b": 7 + 38 + 20, "fusion.c": 10,
