@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import subprocess
@@ -157,6 +158,16 @@ VARIANTS = {
 }
 
 
+# Variants that set a module's formulation flag to False: (module, flag).
+FLAGS_OFF = {
+    "bn-stored-center": ("jaxdl.layers.norm", "_FUSABLE_SUMS"),
+    "dw-padded-dx": ("jaxdl.layers.conv", "_DW_UNPADDED_DX"),
+    "padded-tap-sums": ("jaxdl.layers.conv", "_REGION_SUMS"),
+    "pool-no-scan": ("jaxdl.layers.pool", "_SCAN_CHUNKS"),
+    "no-dense-stats": ("jaxdl.models.densenet", "_CACHE_STATS"),
+}
+
+
 # Variants that are XLA compiler options of the step's compilation rather than a formulation
 # (in place of jaxdl.compiler.compiler_options(), which every other column compiles with).
 COMPILER_OPTIONS = {"ynn-default": {},
@@ -190,6 +201,10 @@ def _switched_off(name):
   elif name == "xla-conv":
     with conv_lib.conv_impl("xla"):
       yield
+  elif name in FLAGS_OFF:
+    module, flag = FLAGS_OFF[name]
+    with mock.patch.object(importlib.import_module(module), flag, False):
+      yield
   elif name == "no-conv-stride1":
     def plain(x, rhs, pads, dn, precision=None, preferred_element_type=None):
       return lax.conv_general_dilated(x, rhs, (1,) * (x.ndim - 2), pads, dimension_numbers=dn,
@@ -205,30 +220,12 @@ def _switched_off(name):
     from jaxdl.layers import norm
     with mock.patch.object(norm, "_bn_vjp", norm._bn_plain):
       yield
-  elif name == "bn-stored-center":
-    from jaxdl.layers import norm
-    with mock.patch.object(norm, "_FUSABLE_SUMS", False):
-      yield
   elif name == "gelu-erfc":
     import jax
 
     from jaxdl.layers import activations
     erfc_form = lambda x: jax.nn.gelu(x, approximate=False)
     with mock.patch.dict(activations._ACTIVATIONS, {"gelu": erfc_form}):
-      yield
-  elif name == "dw-padded-dx":
-    with mock.patch.object(conv_lib, "_DW_UNPADDED_DX", False):
-      yield
-  elif name == "padded-tap-sums":
-    with mock.patch.object(conv_lib, "_REGION_SUMS", False):
-      yield
-  elif name == "pool-no-scan":
-    from jaxdl.layers import pool
-    with mock.patch.object(pool, "_SCAN_CHUNKS", False):
-      yield
-  elif name == "no-dense-stats":
-    from jaxdl.models import densenet
-    with mock.patch.object(densenet, "_CACHE_STATS", False):
       yield
   elif name == "dw-kgrad-whole":
     sys.path.insert(0, str(REPO / "tools"))
