@@ -70,3 +70,24 @@ def test_cpu_flop_count_in_a_separate_process(tool):
   with conv_lib.conv_impl("xla"):
     local = bench.jax_train_step(*args, flops_only=True)
   assert remote > 0 and remote == local
+
+
+def test_timing_waits_for_the_gpu_lock(tmp_path, monkeypatch, tool):
+  # BENCH_GPU_LOCK: a row compiles and warms up at once but times only while it holds the
+  # lock, so processes sharing a GPU (and a training run holding the lock) time one by one.
+  import fcntl
+  import threading
+  bench = tool("bench_gpu")
+  lock = tmp_path / "gpu.lock"
+  monkeypatch.setenv("BENCH_GPU_LOCK", str(lock))
+  calls = []
+  result = []
+  with open(lock, "a") as held:
+    fcntl.flock(held, fcntl.LOCK_EX)
+    t = threading.Thread(target=lambda: result.append(
+        bench._median_time(lambda: calls.append(1) or 0, repeats=2, steps=3)))
+    t.start()
+    t.join(timeout=1.0)
+    assert t.is_alive() and len(calls) == 1  # warmed up, then blocked on the lock
+  t.join(timeout=30)
+  assert not t.is_alive() and len(calls) == 1 + 2 * 3 and result[0] >= 0

@@ -6,7 +6,7 @@
 
 Sections (all in one process, one table):
 1. Peak: the measured bf16 matmul rate (jit(a @ b), square bf16, float32 accumulation),
-   the denominator of every MFU below.
+   the denominator of every MFU below (measured after the other sections, listed first).
 2. jaxdl train steps (forward + backward + SGD-momentum, BatchNorm in training mode, random
    data, donated state) for densenet121, densenet_bc_100_k12, rdnet_tiny, resnet50 in float32
    and in bf16 (dtype=bfloat16: bf16 compute, float32 parameters and statistics), each
@@ -25,9 +25,11 @@ Sections (all in one process, one table):
    min-pool (ProtoPNet, 14x14 maps, 2000 prototypes), PFN context attention (xla vs
    jax.nn.dot_product_attention/cuDNN vs the portable Pallas kernel).
 
-Environment: BENCH_TORCH_WAIT=<path> makes each PyTorch row wait, after its warm-up (and
-compilation), until that file exists before timing: torch.compile can then overlap another
-process's run on the same GPU without being timed beside it.
+Environment: BENCH_GPU_LOCK=<path> makes every timed section (each row after its warm-up and
+compilation, and the matmul peak) hold an exclusive `flock` on that file while it times:
+several benchmark processes and a training run (`flock <path> python -m jaxdl.train ...`)
+can then compile side by side on one GPU and still be timed one at a time, each alone on
+the GPU. The peak is measured after the rows for that reason (a process compiles first).
 
 Timing: one warm-up call (compile excluded), then `--repeats` timed calls of `--steps`
 steps each; medians. Configurations are timed in turns when several share a model, so load
@@ -38,6 +40,8 @@ interpret mode and the numbers mean nothing: it only checks that the script work
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import statistics
@@ -66,15 +70,28 @@ SMOKE_OVERRIDES = {
 }
 
 
+@contextlib.contextmanager
+def gpu_lock(path=None):
+  """Hold an exclusive flock on `path` (default: $BENCH_GPU_LOCK; none: no lock)."""
+  path = path or os.environ.get("BENCH_GPU_LOCK")
+  if not path:
+    yield
+    return
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)  # released when f closes
+    yield
+
+
 def _median_time(fn, repeats, steps):
   fn()  # warm-up (compilation excluded)
   times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      out = fn()
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t0) / steps)
+  with gpu_lock():
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        out = fn()
+      jax.block_until_ready(out)
+      times.append((time.perf_counter() - t0) / steps)
   return statistics.median(times)
 
 
@@ -236,29 +253,23 @@ def torch_rows(names, batch_for, repeats, steps, smoke, which=tuple(TORCH_CONFIG
       if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
       run()
-      _wait_for(os.environ.get("BENCH_TORCH_WAIT"))
       times = []
-      for _ in range(repeats):
-        if device == "cuda":
-          torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-          run()
-        if device == "cuda":
-          torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) / steps)
+      with gpu_lock():
+        for _ in range(repeats):
+          if device == "cuda":
+            torch.cuda.synchronize()
+          t0 = time.perf_counter()
+          for _ in range(steps):
+            run()
+          if device == "cuda":
+            torch.cuda.synchronize()
+          times.append((time.perf_counter() - t0) / steps)
       t = statistics.median(times)
       peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
       rows.append(dict(section="torch", name=name, config=label, images_per_s=b / t,
                        ms=1e3 * t, peak_mib=None if peak is None else peak / 2 ** 20))
       print(f"  done: torch {name} {label} {b / t:.1f} img/s", file=sys.stderr, flush=True)
   return rows
-
-
-def _wait_for(path):
-  """Block until `path` exists (BENCH_TORCH_WAIT, see the module docstring)."""
-  while path and not os.path.exists(path):
-    time.sleep(0.5)
 
 
 # ---- 4. kernel microbenchmarks ------------------------------------------------------------
@@ -386,9 +397,7 @@ def main(argv=None):
   def batch_for(name):
     return args.cifar_batch if (name in RES and not args.smoke) else args.batch
 
-  peak = matmul_peak(args.matmul_size, args.repeats)
-  rows = [dict(section="peak", name="bf16 matmul", config=f"{args.matmul_size}^3",
-               ms=2e3 * args.matmul_size ** 3 / peak, note=f"{peak / 1e12:.2f} TFLOP/s")]
+  rows = []
   if "jax" not in args.skip:
     for name in args.models:
       base = {}
@@ -405,17 +414,25 @@ def main(argv=None):
         rows.append(dict(section="jaxdl", name=name, config=f"train {cfg} batch {b}",
                          images_per_s=b / t, ms=1e3 * t,
                          peak_mib=None if mem is None else mem / 2 ** 20,
-                         mfu=flops / t / peak, vs_base=base[dtype] / t,
+                         flops=flops, vs_base=base[dtype] / t,
                          compile_s=compile_s, xla_flags=os.environ.get("XLA_FLAGS", "")))
         print(f"  done: {name} {cfg} {b / t:.1f} img/s, {1e3 * t:.2f} ms, "
-              f"MFU {flops / t / peak:.1%}, compile {compile_s:.0f} s", file=sys.stderr,
+              f"{flops / t / 1e12:.1f} TFLOP/s, compile {compile_s:.0f} s", file=sys.stderr,
               flush=True)
-        _write_json(args.json, peak, rows)  # after every row: a timeout keeps what ran
+        _write_json(args.json, None, rows)  # after every row: a timeout keeps what ran
   if "torch" not in args.skip:
     rows += torch_rows(args.models, batch_for, args.repeats, args.steps, args.smoke,
                        args.torch_configs)
+    _write_json(args.json, None, rows)
   if "kernels" not in args.skip:
     rows += kernel_rows(args.repeats, args.steps, args.smoke)
+  # The peak last: with BENCH_GPU_LOCK, the rows' compilation must not wait for the lock.
+  peak = matmul_peak(args.matmul_size, args.repeats)
+  for r in rows:
+    if "flops" in r:
+      r["mfu"] = r["flops"] / (r["ms"] / 1e3) / peak
+  rows.insert(0, dict(section="peak", name="bf16 matmul", config=f"{args.matmul_size}^3",
+                      ms=2e3 * args.matmul_size ** 3 / peak, note=f"{peak / 1e12:.2f} TFLOP/s"))
   print_table(rows, peak)
   _write_json(args.json, peak, rows)
   return rows

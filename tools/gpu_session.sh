@@ -8,6 +8,16 @@
 #   OUT=/path/to/results bash tools/gpu_session.sh c     # timm torch.compile rows
 #   OUT=/path/to/results bash tools/gpu_session.sh d     # DenseNet-BC-100 CIFAR-10 training
 #                                                        # for TRAIN_SECONDS (default 420)
+#   OUT=/path/to/results bash tools/gpu_session.sh p     # d, b, c and more side by side:
+#                                                        # one call of ~530 s, see below
+#
+# Part p is for a session with one call's worth of device time (15 minutes in all, a machine
+# start included): the CIFAR-10 training holds a lock on the GPU (flock, BENCH_GPU_LOCK) for
+# TRAIN_SECONDS (default 390) while six benchmark processes compile beside it (XLA
+# autotuning, torch.compile); each times its rows only while it holds the lock, so every
+# timing runs alone on the GPU, after the training. Compile-time autotuning still shares the
+# GPU with the training (its timings may pick other algorithms than on an idle GPU). The
+# benchmark processes run under `nice` so the training's host thread keeps its core.
 #
 # Every command has its own `timeout`, so a part that overruns still returns the logs and
 # JSON rows written so far (tools/bench_gpu.py writes its JSON after every row). The XLA
@@ -27,7 +37,7 @@
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
 #   export PYTHONPATH=/tmp/site JAXDL_DATA_DIR=$PWD/.gpudata PYTHONUNBUFFERED=1;
 set -u
-part=${1:?usage: OUT=DIR bash tools/gpu_session.sh a|b|c|d}
+part=${1:?usage: OUT=DIR bash tools/gpu_session.sh a|b|c|d|p}
 out=${OUT:?set OUT to the results folder}
 mkdir -p "$out"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} JAX_COMPILATION_CACHE_DIR=$PWD/.jaxcache
@@ -79,8 +89,48 @@ case $part in
       --config.checkpoint_every_steps=3910
     cp .jaxcache/bc100_c10/metrics.jsonl "$out/bc100_train_metrics.jsonl"
     ;;
+  p)
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    export BENCH_GPU_LOCK=/tmp/jaxdl_gpu.lock XLA_PYTHON_CLIENT_PREALLOCATE=false
+    export TORCHINDUCTOR_COMPILE_THREADS=4 PYTHONUNBUFFERED=1
+    # One call, no later one to reuse a persistent cache; writing it costs time (and on the
+    # CPU the cache setting made the same compile several times slower here).
+    unset JAX_COMPILATION_CACHE_DIR JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS
+    lvl2=--xla_gpu_autotune_level=2  # no shared autotuning cache: processes run side by side
+    secs=${BENCH_SECONDS:-520}
+    # The lock on fd 9 of this subshell, inherited by the trainer: free once it has exited.
+    (exec 9>"$BENCH_GPU_LOCK"
+     flock 9
+     XLA_FLAGS=$lvl2 timeout -k 60 "${TRAIN_SECONDS:-390}" $py \
+      -m jaxdl.train --config configs/cifar10_densenet_bc100.py --workdir .jaxcache/bc100_c10 \
+      --config.eval_every_steps=782 --config.log_every_steps=391 \
+      --config.checkpoint_every_steps=3910 >"$out/bc100_train.log" 2>&1
+     echo "rc $?" >>"$out/bc100_train.log"
+     cp .jaxcache/bc100_c10/metrics.jsonl "$out/bc100_train_metrics.jsonl") &
+    sleep 2  # the training takes the lock first
+    bench() {  # bench NAME XLA_FLAGS ARGS...: one benchmark process in the background
+      local name=$1 flags=$2
+      shift 2
+      (XLA_FLAGS=$flags timeout -k 10 "$secs" nice -n 5 $py tools/bench_gpu.py --repeats 3 \
+        --json "$out/$name.json" ${BENCH_EXTRA:-} "$@" >"$out/$name.log" 2>&1
+       echo "rc $?" >>"$out/$name.log") &
+    }
+    # XLA's pass pipeline logged with timestamps: where rdnet_tiny's compile time goes.
+    TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=hlo_pass_pipeline=1 bench jax_rdnet_tiny_bf16 \
+      "$lvl2" --models rdnet_tiny --configs bf16 --skip torch kernels
+    bench jax_rdnet_tiny_f32 "$lvl2" --models rdnet_tiny --configs f32 --skip torch kernels
+    bench jax_densenet121_f32 "$lvl2" --models densenet121 --configs f32 --skip torch kernels
+    bench torch_resnet50 "" --skip jax kernels --models resnet50 \
+      --torch-configs compile_bf16 eager_bf16
+    bench torch_bc100 "" --skip jax kernels --models densenet_bc_100_k12 \
+      --torch-configs compile_bf16 eager_bf16
+    bench torch_rdnet_tiny "" --skip jax kernels --models rdnet_tiny \
+      --torch-configs eager_bf16 compile_bf16
+    wait
+    for f in "$out"/*.log; do echo "== $f"; grep -v "^[IWE][0-9]\{4\} " "$f" | tail -n 8; done
+    ;;
   *)
-    echo "unknown part '$part': use a, b, c or d" >&2
+    echo "unknown part '$part': use a, b, c, d or p" >&2
     exit 2
     ;;
 esac

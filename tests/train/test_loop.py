@@ -16,6 +16,7 @@ import pytest
 import jaxdl.data as jdata
 from jaxdl import errors
 from jaxdl.data.registry import DatasetInfo
+from jaxdl.train import loop as loop_lib
 from jaxdl.train import train_and_evaluate
 from jaxdl.train.checkpoint import load_variables
 from jaxdl.train.metrics import read_metrics
@@ -165,6 +166,31 @@ def test_corrupted_latest_checkpoint_is_skipped(tmp_path, caplog):
   assert list((workdir / "corrupted_checkpoints").iterdir())
   # Resumed from step 40 and redid 40 -> 45 to the same parameters.
   _assert_same_params(load_variables(workdir, 45), reference)
+
+
+def test_in_flight_blocks_on_the_oldest_step_beyond_its_limit():
+  waited = []
+  q = loop_lib.InFlight(limit=2, wait=waited.append)
+  for i in range(5):
+    q.add(i)
+    assert len(q.queue) == min(i + 1, 2)
+  assert waited == [0, 1, 2]
+
+
+def test_the_loop_keeps_few_steps_in_flight(tmp_path, monkeypatch):
+  # The host never runs more than MAX_STEPS_IN_FLIGHT steps ahead of the device: a stop
+  # request (SIGTERM) then waits for at most that many steps, not for all dispatched ones.
+  seen = []
+
+  class Recording(loop_lib.InFlight):
+    def add(self, outputs):
+      super().add(outputs)
+      seen.append(len(self.queue))
+
+  monkeypatch.setattr(loop_lib, "InFlight", Recording)
+  config = _runlocal(**{"num_train_steps": 12, "eval_every_steps": 0})
+  train_and_evaluate(config, tmp_path)
+  assert len(seen) == 12 and max(seen) == loop_lib.MAX_STEPS_IN_FLIGHT
 
 
 class _NanAfter:
