@@ -30,10 +30,12 @@ XLA's reduce-window and its gradient) and impl="fast" (the custom VJP); "bwd" is
   PYTHONPATH=. python tools/bench_conv.py --dw-kgrad --repeats 10
 
 The stride-1 depthwise kernel gradient of one image (DW_KGRAD_SHAPES: RDNet-T's 7x7 at the
-widest layer of each stage): column "fast" is `_depthwise_kernel_grad` (one variadic
-reduction of all taps per block of rows), column "xla" a baseline: --dw-kgrad-baseline
+widest layer of each stage): column "fast" is `_depthwise_kernel_grad` (per block of rows,
+one variadic reduction per group of <= 16 taps), column "xla" a baseline: --dw-kgrad-baseline
 whole (default) is one reduction per tap over the whole image (the VJP until 2026-12-03),
-per-tap-rows one reduction per tap over blocks of rows (2026-12-03 evening and night).
+per-tap-rows one reduction per tap over blocks of rows (2026-12-03 evening and night),
+one-reduce one variadic reduction of all taps per block of rows (2026-12-04 until the third
+GPU session).
 """
 
 from __future__ import annotations
@@ -116,6 +118,12 @@ def dw_kgrad_per_tap_rows(xp, g, window, acc=jnp.float32):
                                    block_bytes=128 * 2**10)
 
 
+def dw_kgrad_one_reduce(xp, g, window, acc=jnp.float32):
+  """`_depthwise_kernel_grad` with all taps in one variadic reduction per block of rows."""
+  one = lambda xs, gs, window, acc: lc._per_tap_sums(xs, gs, window, acc, 10**9)
+  return lc._depthwise_kernel_grad(xp, g, window, acc, block_sums=one)
+
+
 def _timed(f, args):
   t = time.perf_counter()
   jax.block_until_ready(f(*args))
@@ -130,10 +138,11 @@ def main():
   p.add_argument("--pool", action="store_true", help="time max pooling (POOL_SHAPES)")
   p.add_argument("--dw-kgrad", action="store_true",
                  help="time the depthwise kernel gradient (DW_KGRAD_SHAPES): a baseline "
-                      "(xla) vs one variadic reduction per block of rows (fast)")
-  p.add_argument("--dw-kgrad-baseline", choices=("whole", "per-tap-rows"), default="whole",
+                      "(xla) vs variadic reductions per block of rows (fast)")
+  p.add_argument("--dw-kgrad-baseline", choices=("whole", "per-tap-rows", "one-reduce"),
+                 default="whole",
                  help="--dw-kgrad's xla column: one reduction per tap over the whole image, "
-                      "or per block of rows")
+                      "or per block of rows, or one variadic reduction of all taps per block")
   args = p.parse_args()
   print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), "
         f"repeats {args.repeats} (median)")
@@ -145,7 +154,8 @@ def main():
       xs = (gs[0],) + tuple(s + k - 1 for s, k in zip(gs[1:-1], window)) + gs[-1:]
       x = jax.random.normal(jax.random.key(0), xs)
       g = jax.random.normal(jax.random.key(1), gs)
-      base = {"whole": dw_kgrad_whole, "per-tap-rows": dw_kgrad_per_tap_rows}[
+      base = {"whole": dw_kgrad_whole, "per-tap-rows": dw_kgrad_per_tap_rows,
+              "one-reduce": dw_kgrad_one_reduce}[
           args.dw_kgrad_baseline]
       fns = {"xla": jax.jit(lambda x, g, window=window: base(x, g, window)),
              "fast": jax.jit(lambda x, g, window=window: lc._depthwise_kernel_grad(

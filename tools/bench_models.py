@@ -155,16 +155,20 @@ VARIANTS = {
                     "of images (scan_batch_chunks)",
     "no-dense-stats": "DenseNet layers' norm1 over each layer's stored concatenation, not "
                       "the feature maps' shared batch statistics (concat_normalize_relu)",
+    "dw-kgrad-one-reduce": "depthwise kernel gradient as one variadic reduction of all taps "
+                           "per block of rows, not one per group of <= 16 taps",
 }
 
 
-# Variants that set a module's formulation flag to False: (module, flag).
+# Variants that set a module's formulation setting to another value: (module, name[, value
+# (default False)]).
 FLAGS_OFF = {
     "bn-stored-center": ("jaxdl.layers.norm", "_FUSABLE_SUMS"),
     "dw-padded-dx": ("jaxdl.layers.conv", "_DW_UNPADDED_DX"),
     "padded-tap-sums": ("jaxdl.layers.conv", "_REGION_SUMS"),
     "pool-no-scan": ("jaxdl.layers.pool", "_SCAN_CHUNKS"),
     "no-dense-stats": ("jaxdl.models.densenet", "_CACHE_STATS"),
+    "dw-kgrad-one-reduce": ("jaxdl.layers.conv", "_TAPS_PER_REDUCE", 10**9),
 }
 
 
@@ -202,8 +206,8 @@ def _switched_off(name):
     with conv_lib.conv_impl("xla"):
       yield
   elif name in FLAGS_OFF:
-    module, flag = FLAGS_OFF[name]
-    with mock.patch.object(importlib.import_module(module), flag, False):
+    module, flag, *value = FLAGS_OFF[name]
+    with mock.patch.object(importlib.import_module(module), flag, value[0] if value else False):
       yield
   elif name == "no-conv-stride1":
     def plain(x, rhs, pads, dn, precision=None, preferred_element_type=None):

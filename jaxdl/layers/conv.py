@@ -555,15 +555,29 @@ def _depthwise_kernel_grad(xp, g, window, acc, block_sums=None, block_bytes=None
   return dw
 
 
-def _per_tap_sums(xp, g, window, acc):
+# At most this many taps per variadic reduction of `_per_tap_sums` (whole kernel rows).
+_TAPS_PER_REDUCE = 16
+
+
+def _per_tap_sums(xp, g, window, acc, taps_per_reduce=None):
   """[prod(window), C]: per tap, sum over all but the channel axis of the tap's slice of xp
-  times g, as one variadic `lax.reduce` (one loop that reads each block of x and g once)."""
+  times g, as variadic `lax.reduce`s over groups of whole kernel rows of at most
+  `taps_per_reduce` (None: `_TAPS_PER_REDUCE`) taps: each group one loop that reads the
+  block of g once. One reduction of all 49 taps of a 7x7 kernel keeps 49 accumulators per
+  channel vector (more than the registers); groups of two rows (14 taps) made the kernel
+  gradient 1.4x faster on rdnet_tiny's shapes, while 3x3 (9 taps) and 5x5 (15) stay one
+  reduction (BENCHMARKS.md "Depthwise kernel gradient: taps per reduction")."""
   g = g.astype(acc)
   ones = (1,) * (g.ndim - 2)
-  prods = [t.astype(acc) * g for _, t in _shifted_terms(xp, window, ones, g.shape[1:-1])]
-  zeros = [jnp.zeros((), acc)] * len(prods)
-  sums = lax.reduce(prods, zeros, lambda a, b: [u + v for u, v in zip(a, b)],
-                    tuple(range(g.ndim - 1)))
+  terms = [t for _, t in _shifted_terms(xp, window, ones, g.shape[1:-1])]
+  row = math.prod(window[1:])
+  per = max(1, (taps_per_reduce or _TAPS_PER_REDUCE) // row) * row
+  sums = []
+  for start in range(0, len(terms), per):
+    prods = [t.astype(acc) * g for t in terms[start:start + per]]
+    zeros = [jnp.zeros((), acc)] * len(prods)
+    sums += lax.reduce(prods, zeros, lambda a, b: [u + v for u, v in zip(a, b)],
+                       tuple(range(g.ndim - 1)))
   return jnp.stack(sums)
 
 

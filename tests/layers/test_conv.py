@@ -192,6 +192,18 @@ def test_depthwise_kernel_gradient_over_row_blocks_against_float64(monkeypatch, 
   np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("window,reductions", [((7, 7), 4), ((5, 5), 2), ((3, 3), 1),
+                                                ((3, 2, 3), 2), ((5,), 1)])
+def test_per_tap_sums_reduce_whole_kernel_rows_of_at_most_16_taps(window, reductions):
+  # 7x7: rows 2+2+2+1 (14, 14, 14, 7 taps); 5x5: 3+2 rows; 3x3 and 1-D: one reduction.
+  shape = (1,) + tuple(4 for _ in window) + (3,)
+  xp = jnp.ones((1,) + tuple(4 + k - 1 for k in window) + (3,))
+  jaxpr = jax.make_jaxpr(lambda xp, g: lc._per_tap_sums(xp, g, window, jnp.float32))(
+      xp, jnp.ones(shape))
+  prims = [e.primitive.name for e in jaxpr.jaxpr.eqns]
+  assert prims.count("reduce") == reductions, prims
+
+
 def test_depthwise_kernel_gradient_of_bfloat16_accumulates_in_float32():
   """bfloat16 x and g: the tap products and sums are in the accumulation dtype (float32), so
   the result matches float64 sums of the same bfloat16 values to float32 precision (products
