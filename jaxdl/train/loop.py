@@ -333,7 +333,8 @@ MAX_STEPS_IN_FLIGHT = 3
 
 
 class InFlight:
-  """Blocks on the oldest dispatched step once more than `limit` are unfinished."""
+  """Keeps the outputs of the last `limit` dispatched steps; adding one more waits for the
+  oldest (returns at once if it has finished)."""
 
   def __init__(self, limit: int = MAX_STEPS_IN_FLIGHT, wait=jax.block_until_ready):
     self.limit, self.wait, self.queue = limit, wait, []
