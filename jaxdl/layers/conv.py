@@ -40,6 +40,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxdl import errors
@@ -238,9 +239,7 @@ def _tap_sum(x, rhs, pads, precision, preferred_element_type):
   y = y.reshape(x.shape[:-1] + (taps, f))
 
   def tap(offset, slices):
-    t = 0
-    for o, k in zip(offset, window):
-      t = t * k + o  # the tap's index in window order
+    t = int(np.ravel_multi_index(offset, window))  # the tap's index in window order
     return y[(slice(None),) + slices + (t, slice(None))]
   zeros = lambda sizes: jnp.zeros((x.shape[0],) + sizes + (f,), acc)
   return _shifted_sum(tap, x.shape[1:-1], window, pads, zeros).astype(out_dtype)

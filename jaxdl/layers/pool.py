@@ -31,6 +31,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxdl import errors
@@ -138,9 +139,8 @@ def _scatter_taps(window, strides, pads, idx, g, x_shape):
   for residue in itertools.product(*(range(s) for s in strides)):
     acc = None
     for combo in itertools.product(*(per_dim[d][r] for d, r in enumerate(residue))):
-      k = 0  # the tap's index in window order (`_forward`'s idx)
-      for (offset, _), w in zip(combo, window):
-        k = k * w + offset
+      # The tap's index in window order (`_forward`'s idx).
+      k = int(np.ravel_multi_index(tuple(offset for offset, _ in combo), window))
       sl = ((slice(None),) + tuple(slice(a + d, a + d + m)
                                    for (_, d), a, m in zip(combo, lo_pad, m_sizes)))
       term = jnp.where(ip[sl] == k, gp[sl], zero)
