@@ -44,6 +44,11 @@ export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} JAX_COMPILATION_CACHE_DIR=$PWD/.j
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
 py=${PYTHON:-python3}
 at="--xla_gpu_autotune_level=2 --xla_gpu_per_fusion_autotune_cache_dir=$PWD/.jaxcache/autotune"
+# The DenseNet-BC-100 CIFAR-10 training of parts d and p: the shipped recipe, test accuracy
+# every 782 steps (one epoch); resumes from .jaxcache/bc100_c10 when run again.
+train=(-m jaxdl.train --config configs/cifar10_densenet_bc100.py --workdir .jaxcache/bc100_c10
+       --config.eval_every_steps=782 --config.log_every_steps=391
+       --config.checkpoint_every_steps=3910)
 
 run() {  # run LIMIT NAME CMD...: one measurement, its log under $out, never the whole part.
   local limit=$1 name=$2
@@ -83,10 +88,7 @@ case $part in
     # Needs the CIFAR-10 tarballs under $JAXDL_DATA_DIR (../shared/data does not travel to a
     # lent machine: carry a copy) and ml_collections + tensorboardX importable (carry wheels).
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-    XLA_FLAGS=$at run "${TRAIN_SECONDS:-420}" bc100_train $py \
-      -m jaxdl.train --config configs/cifar10_densenet_bc100.py --workdir .jaxcache/bc100_c10 \
-      --config.eval_every_steps=782 --config.log_every_steps=391 \
-      --config.checkpoint_every_steps=3910
+    XLA_FLAGS=$at run "${TRAIN_SECONDS:-420}" bc100_train $py "${train[@]}"
     cp .jaxcache/bc100_c10/metrics.jsonl "$out/bc100_train_metrics.jsonl"
     ;;
   p)
@@ -101,10 +103,8 @@ case $part in
     # The lock on fd 9 of this subshell, inherited by the trainer: free once it has exited.
     (exec 9>"$BENCH_GPU_LOCK"
      flock 9
-     XLA_FLAGS=$lvl2 timeout -k 60 "${TRAIN_SECONDS:-390}" $py \
-      -m jaxdl.train --config configs/cifar10_densenet_bc100.py --workdir .jaxcache/bc100_c10 \
-      --config.eval_every_steps=782 --config.log_every_steps=391 \
-      --config.checkpoint_every_steps=3910 >"$out/bc100_train.log" 2>&1
+     XLA_FLAGS=$lvl2 timeout -k 60 "${TRAIN_SECONDS:-390}" $py "${train[@]}" \
+       >"$out/bc100_train.log" 2>&1
      echo "rc $?" >>"$out/bc100_train.log"
      cp .jaxcache/bc100_c10/metrics.jsonl "$out/bc100_train_metrics.jsonl") &
     sleep 2  # the training takes the lock first
