@@ -15,9 +15,9 @@ pool, and is counted under its root). Totals are per step. On CPU the ops of one
 in sequence (each op may use several threads), except that a dot's or convolution's event
 only dispatches it to the thread pool: the idle gap after it, in which the pool does the
 work, is added to that op (`op_times`), so the per-op sums add up to about the step time
-when the ops run one after another (densenet121: 1236 ms summed, ~1204 ms wall). XLA:CPU
-also runs independent ops side by side: then both their events and the gaps count, and the
-sums exceed the wall time (rdnet_tiny: 3.5 s summed, 2.1 s wall): read them as a ranking.
+(densenet121: 1236 ms summed, ~1204 ms wall; rdnet_tiny: 2312 ms summed, walls 1923, 2837
+and 1924 ms). A run with --out clears that folder's earlier dump and trace first (read
+together, two runs' traces once summed to 3.5 s per 2.1 s rdnet_tiny step).
 --group REGEX also sums them by a part of their op_name (module names), forward and
 backward apart.
 """
@@ -31,6 +31,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -69,15 +70,19 @@ def _short_shape(shape):
   return f"({len(parts)} x {parts[0]}, ...)" if parts else shape
 
 
-def op_times(trace_dir, names=None):
+def op_times(trace_dir, names=None, pool_ops=()):
   """({event name: total microseconds}, {name: count}, {name: microseconds with gaps}, [step
   microseconds]) over the "X" events of the Perfetto trace(s).
 
   XLA:CPU runs a dot (and a convolution) as a task on its thread pool: the op's own event
   only dispatches it, and the work shows as a gap in which no op event is open. With `names`
   (the ops, e.g. `hlo_index`'s keys), each such gap inside an execution of the step (an
-  "ThunkExecutor::Execute (wait for completion)" event) is added to the op that ended last
-  before it: the third result. The fourth is each execution's wall time.
+  "ThunkExecutor::Execute (wait for completion)" event) is added to the op of `pool_ops` (the
+  dots, convolutions and custom fusions: the ops that hand work to the pool) that ended last
+  before it in that execution, else to the op that ended last before it: the third result.
+  (XLA:CPU also starts independent ops, e.g. the optimizer's small updates, while a dot's
+  pool work runs: the gap after such an op is still the dot's.) The fourth is each
+  execution's wall time.
   """
   totals = collections.Counter()
   counts = collections.Counter()
@@ -97,14 +102,16 @@ def op_times(trace_dir, names=None):
   spans.sort()
   steps.sort()
   for start, stop in steps:
-    end, last = start, None
+    end, last, last_pool, pool_end = start, None, None, start
     for a, b, name in spans:
       if b <= start or a >= stop:
         continue
       if a > end and last is not None:
-        with_gaps[last] += a - end
+        with_gaps[last_pool or last] += a - end
       if b > end:
         end, last = b, name
+      if name in pool_ops and b >= pool_end:
+        last_pool, pool_end = name, b
   return totals, counts, with_gaps, [b - a for a, b in steps]
 
 
@@ -125,7 +132,9 @@ def main(argv=None):
                            "op_name marks the backward pass")
   args = parser.parse_args(argv)
   out = args.out or tempfile.mkdtemp(prefix="jaxdl_profile_")
-  dump = os.path.join(out, "hlo")
+  dump, trace = os.path.join(out, "hlo"), os.path.join(out, "trace")
+  for stale in (dump, trace):  # an earlier run's dump or trace would be read as this one's
+    shutil.rmtree(stale, ignore_errors=True)
   flags = os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (f"{flags} --xla_dump_to={dump} --xla_dump_hlo_as_text "
                              "--xla_dump_hlo_module_re=.*(step|lambda).*")
@@ -135,7 +144,6 @@ def main(argv=None):
   import bench_models
   run, info = bench_models.jax_runner(args.model, args.mode, args.batch,
                                       switched_off=args.variant)
-  trace = os.path.join(out, "trace")
   with jax.profiler.trace(trace, create_perfetto_trace=True):
     for _ in range(args.steps):
       run()
@@ -143,7 +151,9 @@ def main(argv=None):
   # events: counting it too would count that time twice.
   index = {n: v for n, v in hlo_index(dump).items()
            if v[0] not in ("while", "call", "conditional")}
-  totals, counts, with_gaps, walls = op_times(trace, index)
+  pool = {n for n, v in index.items()
+          if v[0] in ("dot", "convolution", "fusion:kCustom") or v[0].startswith("custom-call")}
+  totals, counts, with_gaps, walls = op_times(trace, index, pool)
   own = sum(t for n, t in totals.items() if n in index) / args.steps
   ops = {n: t for n, t in with_gaps.items() if counts[n]}
   step_us = sum(ops.values()) / args.steps
