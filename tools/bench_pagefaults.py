@@ -24,12 +24,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _runner(side, model, mode, batch):
+def _runner(side, model, mode, batch, variant="jaxdl"):
   sys.path.insert(0, str(REPO / "tools"))
   sys.path.insert(0, str(REPO))
   import bench_models
   if side == "jaxdl":
-    return bench_models.jax_runner(model, mode, batch)[0]
+    return bench_models.jax_runner(model, mode, batch, switched_off=variant)[0]
   import torch
   torch.set_num_threads(os.cpu_count() or 1)
   return bench_models.timm_runner(model, mode, batch)[0]
@@ -42,22 +42,28 @@ def main(argv=None):
   parser.add_argument("--mode", choices=["train", "infer"], default="train")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--variant", default="jaxdl",
+                      help="jaxdl side: one of tools/bench_models.py's --variants")
   args = parser.parse_args(argv)
-  run = _runner(args.side, args.model, args.mode, args.batch)
+  run = _runner(args.side, args.model, args.mode, args.batch, args.variant)
   run()
   run()
-  times = []
+  times, user, kernel = [], [], []
   for _ in range(args.steps):
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     run()
     t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     times.append(t1 - t0)
+    user.append(r1.ru_utime - r0.ru_utime)
+    kernel.append(r1.ru_stime - r0.ru_stime)
     print(f"{t1 - t0:.3f} s  minflt {r1.ru_minflt - r0.ru_minflt}  "
           f"user {r1.ru_utime - r0.ru_utime:.2f} s  sys {r1.ru_stime - r0.ru_stime:.2f} s",
           flush=True)
-  print(f"{args.side} {args.model} {args.mode} batch {args.batch}, "
+  side = args.side if args.variant == "jaxdl" else f"{args.side} ({args.variant})"
+  print(f"{side} {args.model} {args.mode} batch {args.batch}, "
         f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}: "
-        f"median {statistics.median(times):.3f} s")
+        f"median {statistics.median(times):.3f} s, user {statistics.median(user):.2f} s, "
+        f"sys {statistics.median(kernel):.2f} s")
 
 
 if __name__ == "__main__":
