@@ -157,6 +157,8 @@ VARIANTS = {
                       "the feature maps' shared batch statistics (concat_normalize_relu)",
     "dw-kgrad-one-reduce": "depthwise kernel gradient as one variadic reduction of all taps "
                            "per block of rows, not one per group of <= 16 taps",
+    "gelu-stored": "RDNet's FeatureMixer storing its GELU output for the backward pass "
+                   "(the 1x1 conv's input), not recomputing it from the GELU's input",
 }
 
 
@@ -169,6 +171,7 @@ FLAGS_OFF = {
     "pool-no-scan": ("jaxdl.layers.pool", "_SCAN_CHUNKS"),
     "no-dense-stats": ("jaxdl.models.densenet", "_CACHE_STATS"),
     "dw-kgrad-one-reduce": ("jaxdl.layers.conv", "_TAPS_PER_REDUCE", 10**9),
+    "gelu-stored": ("jaxdl.models.rdnet", "_RECOMPUTE_GELU"),
 }
 
 

@@ -61,6 +61,11 @@ def _use_fast(impl: str | None) -> bool:
   return impl == "fast" or (impl == "auto" and jax.default_backend() == "cpu")
 
 
+def uses_cpu_formulations(impl: str | None = None) -> bool:
+  """Whether code traced now (or with `impl`) takes jaxdl's CPU formulations (`conv_impl`)."""
+  return _use_fast(impl)
+
+
 @contextlib.contextmanager
 def conv_impl(impl: str):
   """Within the block, `conv_general_dilated(impl=None)` traces with `impl`.

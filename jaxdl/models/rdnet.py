@@ -31,6 +31,8 @@ import numpy as np
 
 from jaxdl import errors
 from jaxdl.layers import activation
+from jaxdl.layers import activations
+from jaxdl.layers import remat
 from jaxdl.layers import conv as conv_lib
 from jaxdl.layers.conv import Conv
 from jaxdl.layers.depthwise import DepthwiseConv
@@ -63,6 +65,23 @@ class EffectiveSE(nn.Module):
     return x * jax.nn.hard_sigmoid(s)
 
 
+def _gelu_conv(lhs, rhs, *args, **kwargs):
+  """conv(gelu(lhs), rhs) keeping only lhs (the GELU's input) for the backward pass, which
+  recomputes gelu(lhs) where the kernel gradient needs it (`recompute_in_backward`; the
+  recomputed forward convolution is unused and compiled away). The expanded activation (4x
+  the block's channels) is then stored once, not twice: rdnet_tiny's training step at batch
+  8 needs 1,428 MiB of XLA:CPU temporaries instead of 2,092 at the same CPU time, and fewer
+  fresh pages per step (BENCHMARKS.md "RDNet training on CPU: CPU time, kernel time and
+  memory"). CPU formulations only: not yet measured on GPUs."""
+  f = lambda h, k: conv_lib.conv_general_dilated(activations.gelu(h), k, *args, **kwargs)
+  return remat.recompute_in_backward(f)(lhs, rhs)
+
+
+# Whether FeatureMixer stores the GELU's input only (True) or also its output (False), where
+# the CPU formulations apply (tools/bench_models.py --variants gelu-stored).
+_RECOMPUTE_GELU = True
+
+
 class FeatureMixer(nn.Module):
   """timm's `Block` / `BlockESE` (a Sequential, hence the `layers_<index>` names)."""
   inter_features: int
@@ -79,8 +98,13 @@ class FeatureMixer(nn.Module):
     x = layer_norm("layers_1", self.dtype, self.param_dtype)(x)
     x = conv_lib.loop_fusion_boundary(x)  # and the 1x1 dot out of it (XLA's dot is faster)
     x = Conv(self.inter_features, (1, 1), name="layers_2", **kw)(x)
-    x = activation(self, x, "gelu", "gelu")
-    x = Conv(self.out_features, (1, 1), name="layers_4", **kw)(x)
+    if _RECOMPUTE_GELU and conv_lib.uses_cpu_formulations():
+      self.sow("preactivations", "gelu", x)
+      x = nn.Conv(self.out_features, (1, 1), conv_general_dilated=_gelu_conv, name="layers_4",
+                  **kw)(x)
+    else:
+      x = activation(self, x, "gelu", "gelu")
+      x = Conv(self.out_features, (1, 1), name="layers_4", **kw)(x)
     if self.ese:
       x = EffectiveSE(self.dtype, self.param_dtype, name="layers_5")(x)
     return x

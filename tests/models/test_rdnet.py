@@ -110,3 +110,54 @@ def test_the_mixer_dot_is_not_in_the_layer_norm_ynnpack_fusion(monkeypatch):
   if not fused_dots():
     pytest.skip("this XLA no longer fuses the LN's sums with the dot without the boundary: "
                 "re-measure rdnet_tiny and drop the boundary after the LN")
+
+
+def test_gelu_conv_matches_float64_autodiff():
+  """FeatureMixer's conv(gelu(h)) that recomputes the GELU in the backward pass: values and
+  gradients of float64 autodiff of the plain composition."""
+  from jaxdl.layers import activations
+  from jaxdl.layers import conv as lc
+  from jaxdl.models.rdnet import _gelu_conv
+  rng = np.random.default_rng(1)
+  h = rng.standard_normal((2, 5, 5, 12)).astype(np.float32) * 2
+  k = rng.standard_normal((1, 1, 12, 4)).astype(np.float32) / 3
+  dn = ("NHWC", "HWIO", "NHWC")
+  loss = lambda f: lambda h, k: jnp.sum(jnp.sin(f(h, k)))
+  fused = lambda h, k: _gelu_conv(h, k, (1, 1), "VALID", dimension_numbers=dn)
+  plain = lambda h, k: jax.lax.conv_general_dilated(activations.gelu(h), k, (1, 1), "VALID",
+                                                    dimension_numbers=dn)
+  with lc.conv_impl("fast"):
+    got = jax.jit(jax.value_and_grad(loss(fused), argnums=(0, 1)))(h, k)
+  with jax.enable_x64(True):
+    want = jax.value_and_grad(loss(plain), argnums=(0, 1))(h.astype(np.float64),
+                                                           k.astype(np.float64))
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  for a, b in zip(got[1], want[1]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU formulation's memory")
+def test_mixer_backward_keeps_gelu_input_only(monkeypatch):
+  """With the GELU recomputed, the gradient of four FeatureMixers in a row needs less
+  temporary memory and no more matmuls (each recomputed forward conv is compiled away).
+  Compiled, never run."""
+  import jaxdl.models.rdnet as rd
+  mixers = [rd.FeatureMixer(inter_features=256, out_features=64) for _ in range(4)]
+  x = jnp.ones((4, 28, 28, 64))
+  variables = [jax.eval_shape(m.init, jax.random.key(0), x) for m in mixers]
+
+  def loss(vs, x):
+    for m, v in zip(mixers, vs):
+      x = jnp.tanh(m.apply(v, x))
+    return jnp.sum(x ** 2)
+
+  def compiled(recompute):
+    monkeypatch.setattr(rd, "_RECOMPUTE_GELU", recompute)
+    c = jax.jit(jax.grad(loss)).lower(variables, x).compile()
+    return c.memory_analysis().temp_size_in_bytes, c.as_text().count(" dot(")
+
+  (mem, dots), (mem_stored, dots_stored) = compiled(True), compiled(False)
+  assert dots == dots_stored
+  # Three of the four [4, 28, 28, 256] float32 GELU outputs (3.2 MB each) are no longer
+  # kept while the backward pass reaches them.
+  assert mem <= mem_stored - 3 * 4 * 28 * 28 * 256 * 4
