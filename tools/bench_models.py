@@ -35,6 +35,7 @@ import contextlib
 import importlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -98,9 +99,11 @@ def torch_worker():
       state[key] = run
       print(json.dumps({"warmup_s": time.perf_counter() - t0, "params": params}), flush=True)
       continue
-    t0 = time.perf_counter()
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     state[key]()
-    print(json.dumps({"s": time.perf_counter() - t0}), flush=True)
+    t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"s": t1 - t0, "user": r1.ru_utime - r0.ru_utime,
+                      "sys": r1.ru_stime - r0.ru_stime}), flush=True)
 
 
 class TorchWorker:
@@ -316,12 +319,16 @@ def jax_runner(name, mode, batch, switched_off="jaxdl"):
   return run, dict(compile_s=compile_s, warmup_s=time.perf_counter() - t0, params=params)
 
 
-def timed(fn):
-  """fn as a call that returns its wall-clock seconds."""
+def timed(fn, cpu=None):
+  """fn as a call that returns its wall-clock seconds; with a list `cpu`, each call also
+  appends this process's (user, kernel) CPU seconds during it."""
   def call():
-    t0 = time.perf_counter()
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    if cpu is not None:
+      cpu.append((r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime))
+    return t1 - t0
   return call
 
 
@@ -341,6 +348,10 @@ def main(argv=None):
   parser.add_argument("--no-timm", action="store_true",
                       help="time jaxdl (and its --variants) only; no PyTorch needed")
   parser.add_argument("--show-times", action="store_true", help="print every call's seconds")
+  parser.add_argument("--cpu-times", action="store_true",
+                      help="print each side's median user and kernel CPU seconds per counted "
+                           "call (getrusage in its own process): the work apart from the "
+                           "kernel's (page faults)")
   parser.add_argument("--block", type=int, default=3,
                       help="consecutive calls per turn, the first not counted (default 3)")
   parser.add_argument("--torch-python", default="/work/torchvenv/bin/python")
@@ -382,15 +393,22 @@ def main(argv=None):
         tinfo = worker.call(model=name, mode=mode, batch=batch)
         assert info["params"] == tinfo["params"], (name, info["params"], tinfo["params"])
       # (name, a call returning its seconds, the seconds so far); timm reports its own.
-      calls = [("jaxdl", timed(run), [])]
+      cpu = {n: [] for n in ["jaxdl", "timm"] + variants}
+      calls = [("jaxdl", timed(run, cpu["jaxdl"]), [])]
       if worker is not None:
-        calls.append(("timm", lambda: worker.call(model=name, mode=mode, batch=batch)["s"], []))
-      calls += [(v, timed(o), []) for v, o in zip(variants, others)]
+        def timm_call():
+          r = worker.call(model=name, mode=mode, batch=batch)
+          cpu["timm"].append((r["user"], r["sys"]))
+          return r["s"]
+        calls.append(("timm", timm_call, []))
+      calls += [(v, timed(o, cpu[v]), []) for v, o in zip(variants, others)]
       # One block of calls of each in turn, the order reversed every repeat.
       for r in range(args.repeats):
-        for _, call, times in (calls if r % 2 == 0 else calls[::-1]):
+        for n, call, times in (calls if r % 2 == 0 else calls[::-1]):
           block = [call() for _ in range(args.block)]
           times.append(block[1:] if len(block) > 1 else block)
+          if len(block) > 1:
+            del cpu[n][-args.block]  # the block's first call is not counted
       blocks = {n: times for n, _, times in calls}
       seconds = {n: [t for b in times for t in b] for n, times in blocks.items()}
       j = batch / float(np.median(seconds["jaxdl"]))
@@ -414,6 +432,10 @@ def main(argv=None):
       if args.show_times:
         for n, times in seconds.items():
           print(f"    {n} s: " + " ".join(f"{t:.3f}" for t in times), flush=True)
+      if args.cpu_times:
+        print("    CPU s per call (median user / kernel): " + "; ".join(
+            f"{n} {np.median([u for u, _ in c]):.2f} / {np.median([k for _, k in c]):.2f}"
+            for n, c in cpu.items() if c), flush=True)
   if worker is not None:
     worker.close()
   print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
