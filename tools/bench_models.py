@@ -25,7 +25,10 @@ sides without.
 compiled in this process and timed in the same rotation: an A/B of that formulation inside
 the whole model, immune to the VM's speed drifting between runs ("same" is the A/A control:
 jaxdl compiled twice). The order of the calls is reversed every repeat. --no-timm leaves
-timm out.
+timm out. --cpu-times adds each side's user and kernel CPU seconds per call: on the 2-core
+development VM a call's kernel time (zeroing fresh pages, which the VM's host reclaims as
+soon as they are freed) varies from 0.1 to 1.4 s while its user time stays within ~5%
+(BENCHMARKS.md "RDNet training on CPU: CPU time, kernel time and memory").
 """
 
 from __future__ import annotations
