@@ -15,8 +15,8 @@ pool, and is counted under its root). Totals are per step. On CPU the ops of one
 in sequence (each op may use several threads), except that a dot's or convolution's event
 only dispatches it to the thread pool: the idle gap after it, in which the pool does the
 work, is added to that op (`op_times`), so the per-op sums add up to about the step time
-(densenet121: 1236 ms summed, ~1204 ms wall; rdnet_tiny: 2312 ms summed, walls 1923, 2837
-and 1924 ms). A run with --out clears that folder's earlier dump and trace first (read
+(densenet121: 1236 ms summed, ~1204 ms wall; rdnet_tiny: 2108 ms summed, walls 2046, 2041
+and 1946 ms). A run with --out clears that folder's earlier dump and trace first (read
 together, two runs' traces once summed to 3.5 s per 2.1 s rdnet_tiny step).
 --group REGEX also sums them by a part of their op_name (module names), forward and
 backward apart.
