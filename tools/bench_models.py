@@ -102,11 +102,8 @@ def torch_worker():
       state[key] = run
       print(json.dumps({"warmup_s": time.perf_counter() - t0, "params": params}), flush=True)
       continue
-    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    state[key]()
-    t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"s": t1 - t0, "user": r1.ru_utime - r0.ru_utime,
-                      "sys": r1.ru_stime - r0.ru_stime}), flush=True)
+    seconds, user, kernel, _ = measure(state[key])
+    print(json.dumps({"s": seconds, "user": user, "sys": kernel}), flush=True)
 
 
 class TorchWorker:
@@ -322,16 +319,24 @@ def jax_runner(name, mode, batch, switched_off="jaxdl"):
   return run, dict(compile_s=compile_s, warmup_s=time.perf_counter() - t0, params=params)
 
 
+def measure(fn):
+  """Calls fn(): (wall-clock seconds, user and kernel CPU seconds, minor page faults) of this
+  process during the call."""
+  r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+  fn()
+  t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+  return (t1 - t0, r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime,
+          r1.ru_minflt - r0.ru_minflt)
+
+
 def timed(fn, cpu=None):
   """fn as a call that returns its wall-clock seconds; with a list `cpu`, each call also
   appends this process's (user, kernel) CPU seconds during it."""
   def call():
-    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    fn()
-    t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    seconds, user, kernel, _ = measure(fn)
     if cpu is not None:
-      cpu.append((r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime))
-    return t1 - t0
+      cpu.append((user, kernel))
+    return seconds
   return call
 
 

@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _runner(side, model, mode, batch, variant="jaxdl"):
+def _bench_models():
   sys.path.insert(0, str(REPO / "tools"))
   sys.path.insert(0, str(REPO))
   import bench_models
+  return bench_models
+
+
+def _runner(side, model, mode, batch, variant="jaxdl"):
+  bench_models = _bench_models()
   if side == "jaxdl":
     return bench_models.jax_runner(model, mode, batch, switched_off=variant)[0]
   import torch
@@ -48,17 +51,14 @@ def main(argv=None):
   run = _runner(args.side, args.model, args.mode, args.batch, args.variant)
   run()
   run()
+  measure = _bench_models().measure
   times, user, kernel = [], [], []
   for _ in range(args.steps):
-    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    run()
-    t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    times.append(t1 - t0)
-    user.append(r1.ru_utime - r0.ru_utime)
-    kernel.append(r1.ru_stime - r0.ru_stime)
-    print(f"{t1 - t0:.3f} s  minflt {r1.ru_minflt - r0.ru_minflt}  "
-          f"user {r1.ru_utime - r0.ru_utime:.2f} s  sys {r1.ru_stime - r0.ru_stime:.2f} s",
-          flush=True)
+    seconds, u, k, faults = measure(run)
+    times.append(seconds)
+    user.append(u)
+    kernel.append(k)
+    print(f"{seconds:.3f} s  minflt {faults}  user {u:.2f} s  sys {k:.2f} s", flush=True)
   side = args.side if args.variant == "jaxdl" else f"{args.side} ({args.variant})"
   print(f"{side} {args.model} {args.mode} batch {args.batch}, "
         f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}: "
