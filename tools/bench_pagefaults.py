@@ -46,6 +46,7 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--variant", default="jaxdl",
+                      choices=["jaxdl"] + sorted(_bench_models().VARIANTS),
                       help="jaxdl side: one of tools/bench_models.py's --variants")
   args = parser.parse_args(argv)
   run = _runner(args.side, args.model, args.mode, args.batch, args.variant)
