@@ -69,6 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.probes = ""  # Comma-separated probe names (jaxdl.train.probes), run at eval steps.
   c.probe_kwargs = ml_collections.ConfigDict()
+  # Train steps per compiled call (a lax.scan over K batches): fewer dispatches, and on CPU
+  # no per-step re-mapping of temporaries. Calls end at log / eval / checkpoint steps, which
+  # should be multiples of it (others run one step per call). Same parameters as K = 1.
+  c.steps_per_call = 1
 
   # Devices.
   c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: all remaining devices.

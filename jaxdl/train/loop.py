@@ -119,7 +119,7 @@ def _positive_int(config, key):
 def validate(config):
   """One-line errors for bad config values before any work is done."""
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
-              "keep_checkpoints"):
+              "keep_checkpoints", "steps_per_call"):
     _positive_int(config, key)
   if config.num_train_steps <= 0 and not config.num_epochs > 0:
     raise errors.ConfigError("set config.num_train_steps > 0 or config.num_epochs > 0.")
@@ -179,6 +179,44 @@ def make_train_step(model, tx, schedule, loss_fn, preprocess, config, num_classe
   return train_step
 
 
+def make_train_steps(train_step):
+  """K train steps in one call: (state, batches stacked on a leading axis of length K) ->
+  (state, metrics stacked on that axis). The steps are those of `train_step`, applied in
+  order by `lax.scan`, so K of them give the state that K calls of `train_step` give.
+
+  One compiled execution per K steps: on CPU, where XLA maps the step's temporaries afresh
+  in every execution, this spares the kernel K - 1 rounds of page faults (BENCHMARKS.md,
+  "Several steps per execution"); on any backend it spares K - 1 dispatches.
+  """
+  def train_steps(state: TrainState, batches):
+    return jax.lax.scan(train_step, state, batches)
+  return train_steps
+
+
+def call_plan(start: int, end: int, steps_per_call: int, is_boundary):
+  """(first step, number of steps) of each compiled call that runs steps start..end-1.
+
+  A call takes `steps_per_call` steps unless that would pass a step count `done` (number of
+  updates finished) with `is_boundary(done)`, where the loop must see the state (log,
+  evaluation, checkpoint): the steps up to such a boundary that do not fill a call run one
+  per call. So every boundary is the end of a call, and `steps_per_call=1` is step by step.
+  """
+  step = start
+  while step < end:
+    stop = min(step + steps_per_call, end)
+    stop = next((d for d in range(step + 1, stop) if is_boundary(d)), stop)
+    if stop - step == steps_per_call:
+      yield step, steps_per_call
+    else:
+      yield from ((s, 1) for s in range(step, stop))
+    step = stop
+
+
+def _stack(batches: list):
+  """Host batches of consecutive steps -> one batch with a leading steps axis."""
+  return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+
 def make_eval_step(model, loss_fn, preprocess):
   def eval_step(state: TrainState, batch):
     variables = {"params": state.params, **state.model_state}
@@ -217,8 +255,11 @@ def _load_split(config, split):
 
 
 def _host_metrics(pending: list[dict]) -> dict:
+  """The mean of each metric over the steps of `pending` (calls of one step, whose metrics
+  are scalars, or of several, whose metrics have a leading steps axis)."""
   stacked = jax.device_get(pending)
-  return {f"train/{k}": float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+  return {f"train/{k}": float(np.mean(np.concatenate([np.ravel(m[k]) for m in stacked])))
+          for k in stacked[0]}
 
 
 class Setup(NamedTuple):
@@ -239,6 +280,9 @@ class Setup(NamedTuple):
   shardings: Any
   train_step: Any          # jitted (state, global batch) -> (state, metrics), state donated
   eval_step: Any           # jitted (state, global batch) -> (sums, count)
+  # jitted (state, config.steps_per_call global batches stacked on axis 0) -> (state,
+  # metrics stacked on axis 0), state donated (make_train_steps); None when steps_per_call=1.
+  train_steps: Any = None
 
 
 def setup(config) -> Setup:
@@ -313,16 +357,22 @@ def setup(config) -> Setup:
   batch_sharding = shard_lib.batch_sharding(mesh)
   num_classes = max(info.num_classes, 1)
   # jaxdl's XLA:CPU fusion choices (jaxdl.compiler); nothing on GPU / TPU.
-  train_step = compiler.jit(
-      make_train_step(model, tx, schedule, loss_fn, preprocess, config, num_classes),
-      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
-      donate_argnums=0)
+  step_fn = make_train_step(model, tx, schedule, loss_fn, preprocess, config, num_classes)
+  train_step = compiler.jit(step_fn, in_shardings=(shardings, batch_sharding),
+                            out_shardings=(shardings, replicated), donate_argnums=0)
+  train_steps = None
+  if config.steps_per_call > 1:
+    train_steps = compiler.jit(
+        make_train_steps(step_fn),
+        in_shardings=(shardings, shard_lib.batch_sharding(mesh, stacked=True)),
+        out_shardings=(shardings, replicated), donate_argnums=0)
   eval_step = compiler.jit(make_eval_step(model, loss_fn, preprocess),
                            in_shardings=(shardings, batch_sharding), out_shardings=replicated)
   return Setup(mesh=mesh, info=info, train_source=train_source, eval_source=eval_source,
                pipeline=pipeline, num_steps=num_steps, model=model, preprocess=preprocess,
                loss_fn=loss_fn, tx=tx, schedule=schedule, init=init, abstract_state=abstract,
-               shardings=shardings, train_step=train_step, eval_step=eval_step)
+               shardings=shardings, train_step=train_step, eval_step=eval_step,
+               train_steps=train_steps)
 
 
 # Steps the host may dispatch ahead of the device. Unbounded, the host (a cheap input
@@ -449,7 +499,7 @@ def train_and_evaluate(config, workdir) -> dict:
     return metrics
 
   def check_finite(step, pending, state):
-    bad = [m for m in jax.device_get(pending) if not np.isfinite(m["loss"])]
+    bad = [m for m in jax.device_get(pending) if not np.all(np.isfinite(m["loss"]))]
     if bad or not bool(all_finite(state.params)):
       last = ckpt.latest_step()
       kept = (f"the last good checkpoint (step {last}) is kept in {ckpt.directory}"
@@ -468,21 +518,40 @@ def train_and_evaluate(config, workdir) -> dict:
              disable=None if pidx == 0 else True)
   pending: list = []
   unchecked: list = []
-  in_flight = InFlight()
+  per_call = int(config.steps_per_call)
+  # A call of K steps counts as K steps in flight (at least one call may be).
+  in_flight = InFlight(limit=max(1, MAX_STEPS_IN_FLIGHT // per_call))
   multiprocess = pcount > 1
+
+  def is_boundary(done):
+    return (done % config.log_every_steps == 0 or done % config.checkpoint_every_steps == 0
+            or done in eval_at)
+  plan = call_plan(start_step, num_steps, per_call, is_boundary)
+  warned_single = False
   # Throughput between log points (wall clock, host side; the first interval of a process
   # includes compilation and, when evaluating, the evaluation time).
   last_log_step, last_log_time = start_step, time.perf_counter()
+  batches = pipeline.iterate(start_step, num_steps, prefetch=max(2, 2 * per_call))
   try:
     with StopRequest() as stop:
-      for step, batch in zip(range(start_step, num_steps),
-                             pipeline.iterate(start_step, num_steps)):
-        state, metrics = train_step(state, shard_lib.global_batch(batch, mesh))
+      for step, count in plan:
+        host = [next(batches) for _ in range(count)]
+        if count == 1:
+          if per_call > 1 and not warned_single:
+            warned_single = True
+            log.info("steps_per_call=%d: step %d runs alone, as a log, eval or checkpoint "
+                     "step comes before a call of %d steps from it would end (multiples of %d "
+                     "avoid this); the one-step function is compiled too", per_call, step + 1,
+                     per_call, per_call)
+          state, metrics = train_step(state, shard_lib.global_batch(host[0], mesh))
+        else:
+          state, metrics = built.train_steps(
+              state, shard_lib.global_batch(_stack(host), mesh, stacked=True))
         in_flight.add(metrics)
         pending.append(metrics)
         unchecked.append(metrics)
-        done = step + 1
-        bar.update(1)
+        done = step + count
+        bar.update(count)
         if done % config.log_every_steps == 0 or done == num_steps:
           check_finite(done, unchecked, state)
           unchecked = []
@@ -512,6 +581,7 @@ def train_and_evaluate(config, workdir) -> dict:
               f"interrupted at step {done}; its checkpoint is in {ckpt.directory}: restart with "
               "the same --workdir to resume.")
   finally:
+    batches.close()
     bar.close()
     ckpt.close()
     writer.close()

@@ -60,17 +60,20 @@ def state_shardings(abstract_state, mesh: Mesh, mode: str = "replicate"):
                       abstract_state)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P("data"))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """Examples split over "data"; `stacked`: batches of several steps stacked on axis 0, the
+  examples on axis 1."""
+  return NamedSharding(mesh, P(None, "data") if stacked else P("data"))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def global_batch(local_batch, mesh: Mesh):
-  """This host's numpy batch -> global jax arrays sharded over "data" (process order)."""
-  sharding = batch_sharding(mesh)
+def global_batch(local_batch, mesh: Mesh, stacked: bool = False):
+  """This host's numpy batch -> global jax arrays sharded over "data" (process order);
+  `stacked`: several steps' batches on axis 0 (see batch_sharding)."""
+  sharding = batch_sharding(mesh, stacked)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                       local_batch)
 

@@ -22,6 +22,7 @@ CASES = {
     "missing_data": (["--config.dataset.name=cifar10"], {"JAXDL_DATA_DIR": "/nonexistent/x"},
                      ["not found", "/nonexistent/x", "JAXDL_DATA_DIR"]),
     "bad_value": (["--config.batch_size=-3"], {}, ["batch_size=-3", "positive"]),
+    "bad_steps_per_call": (["--config.steps_per_call=0"], {}, ["steps_per_call=0", "positive"]),
     "bad_model_option": (["--config.model.num_layers=3"], {},
                          ["no option", "num_layers", "its options are"]),
     "typo_in_key": (["--config.optimizer.lr=3"], {}, ["optimizer.lr", "optimizer.learning_rate"]),

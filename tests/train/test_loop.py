@@ -193,6 +193,84 @@ def test_the_loop_keeps_few_steps_in_flight(tmp_path, monkeypatch):
   assert len(seen) == 12 and max(seen) == loop_lib.MAX_STEPS_IN_FLIGHT
 
 
+# ---------------------------------------------------------------------------------------------
+# Several steps per compiled call (config.steps_per_call).
+
+def test_call_plan_ends_a_call_at_every_boundary():
+  boundaries = {10, 20, 23}
+  plan = list(loop_lib.call_plan(0, 23, 4, boundaries.__contains__))
+  assert plan == [(0, 4), (4, 4), (8, 1), (9, 1), (10, 4), (14, 4), (18, 1), (19, 1),
+                  (20, 1), (21, 1), (22, 1)]
+  # From any start and call length: contiguous, no boundary inside a call, full calls only
+  # of the given length.
+  for start in range(0, 12):
+    for k in (1, 2, 3, 5):
+      plan = list(loop_lib.call_plan(start, 23, k, boundaries.__contains__))
+      assert [s for s, _ in plan] == list(
+          np.cumsum([start] + [n for _, n in plan])[:-1])
+      assert sum(n for _, n in plan) == 23 - start
+      assert all(n in (1, k) for _, n in plan)
+      assert not any(d in boundaries for s, n in plan for d in range(s + 1, s + n))
+  assert list(loop_lib.call_plan(5, 5, 4, boundaries.__contains__)) == []
+
+
+def _k_config(k, **overrides):
+  # Mixup and label smoothing: the step's randomness (fold_in of the step) is exercised too.
+  return _runlocal(**{"steps_per_call": k, "mixup_alpha": 0.2, "label_smoothing": 0.1,
+                      "checkpoint_every_steps": 15, **overrides})
+
+
+@pytest.fixture(scope="module")
+def one_step_per_call_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("k1")
+  final = train_and_evaluate(_k_config(1), workdir)
+  return workdir, final
+
+
+def test_steps_per_call_gives_the_parameters_of_one_step_per_call(one_step_per_call_run,
+                                                                  tmp_path, caplog):
+  """Four steps per call (with one-step calls up to log / eval / checkpoint steps that are not
+  multiples of 4) reach the parameters, logged losses and evaluation of one step per call."""
+  ref_dir, ref = one_step_per_call_run
+  caplog.set_level("INFO", logger="jaxdl")
+  final = train_and_evaluate(_k_config(4), tmp_path)
+  assert any("steps_per_call=4: step" in r.message for r in caplog.records)
+  assert final["step"] == ref["step"] == 45
+  _assert_same_params(load_variables(tmp_path), load_variables(ref_dir), exact=False)
+  np.testing.assert_allclose(_losses(tmp_path), _losses(ref_dir), rtol=1e-5)
+  assert [m["step"] for m in read_metrics(tmp_path) if "train/loss" in m] == \
+      [m["step"] for m in read_metrics(ref_dir) if "train/loss" in m]
+  np.testing.assert_allclose(final["eval/loss"], ref["eval/loss"], rtol=1e-5)
+  ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert ckpts == [15, 30, 45]
+
+
+def test_steps_per_call_resumes_from_a_checkpoint_between_calls(tmp_path):
+  """Resuming at step 15 (not a multiple of 4) redoes 15 -> 45 to the same parameters."""
+  config = _k_config(4)
+  train_and_evaluate(config, tmp_path)
+  reference = load_variables(tmp_path, 45)
+  for step in (30, 45):
+    import shutil
+    shutil.rmtree(tmp_path / "checkpoints" / str(step))
+  train_and_evaluate(config, tmp_path)
+  _assert_same_params(load_variables(tmp_path, 45), reference)
+
+
+def test_steps_per_call_keeps_few_steps_in_flight(tmp_path, monkeypatch):
+  limits = []
+
+  class Recording(loop_lib.InFlight):
+    def __init__(self, limit, **kwargs):
+      limits.append(limit)
+      super().__init__(limit, **kwargs)
+
+  monkeypatch.setattr(loop_lib, "InFlight", Recording)
+  train_and_evaluate(_runlocal(num_train_steps=8, steps_per_call=4, eval_every_steps=0),
+                     tmp_path)
+  assert limits == [1]  # one call of 4 steps may wait while the next is dispatched
+
+
 class _NanAfter:
   """Finite batches until `bad_step`, then NaN inputs."""
 
@@ -246,8 +324,11 @@ def one_device_run(tmp_path_factory):
   return workdir
 
 
-def test_eight_host_devices_match_one_device(one_device_run, tmp_path, cli):
-  result = cli([*SHARD_ARGS, "--workdir", str(tmp_path)],
+@pytest.mark.parametrize("steps_per_call", [1, 5])
+def test_eight_host_devices_match_one_device(one_device_run, tmp_path, cli, steps_per_call):
+  # steps_per_call=5: batches of 5 steps stacked on axis 0, examples sharded on axis 1.
+  result = cli([*SHARD_ARGS, "--workdir", str(tmp_path),
+                f"--config.steps_per_call={steps_per_call}"],
                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   assert result.returncode == 0, result.stderr[-2000:]
   ref = _losses(one_device_run)
