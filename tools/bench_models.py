@@ -29,6 +29,9 @@ timm out. --cpu-times adds each side's user and kernel CPU seconds per call: on 
 development VM a call's kernel time (zeroing fresh pages, which the VM's host reclaims as
 soon as they are freed) varies from 0.1 to 1.4 s while its user time stays within ~5%
 (BENCHMARKS.md "RDNet training on CPU: CPU time, kernel time and memory").
+--steps-per-call K adds a column for training K steps per compiled call (a lax.scan over K
+batches, as `python -m jaxdl.train --config.steps_per_call=K` does), reported per step (the
+call's seconds / K) and compared with timm's step.
 """
 
 from __future__ import annotations
@@ -265,8 +268,9 @@ def _switched_off(name):
     raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
 
 
-def jax_runner(name, mode, batch, switched_off="jaxdl"):
-  """(run, info) for jaxdl's `name`, compiled under `variant(switched_off)`."""
+def jax_runner(name, mode, batch, switched_off="jaxdl", steps_per_call=1):
+  """(run, info) for jaxdl's `name`, compiled under `variant(switched_off)`; for training,
+  one call of `run` takes `steps_per_call` steps (jaxdl.train.loop.make_train_steps)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -298,13 +302,20 @@ def jax_runner(name, mode, batch, switched_off="jaxdl"):
       updates, opt_state = tx.update(grads, opt_state, variables["params"])
       return {"params": optax.apply_updates(variables["params"], updates), **new}, opt_state
 
-    with variant(switched_off):
-      compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-          variables, tx.init(variables["params"]), x, y).compile(options)
+    def steps(carry, xy):  # the loop's make_train_steps, on (variables, opt_state)
+      return step(*carry, *xy), None
+    from jaxdl.train.loop import make_train_steps
     carry = [variables, tx.init(variables["params"])]
+    # K copies of the batch, stacked as the loop stacks K consecutive batches.
+    xy = (x, y) if steps_per_call == 1 else jax.tree.map(
+        lambda a: jnp.stack([a] * steps_per_call), (x, y))
+    fn = (lambda c, xy: step(*c, *xy)) if steps_per_call == 1 else (
+        lambda c, xy: make_train_steps(steps)(c, xy)[0])
+    with variant(switched_off):
+      compiled = jax.jit(fn, donate_argnums=0).lower(tuple(carry), xy).compile(options)
 
     def run():
-      carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
+      carry[:] = compiled(tuple(carry), xy)
       jax.block_until_ready(carry[0])
   else:
     with variant(switched_off):
@@ -329,14 +340,14 @@ def measure(fn):
           r1.ru_minflt - r0.ru_minflt)
 
 
-def timed(fn, cpu=None):
-  """fn as a call that returns its wall-clock seconds; with a list `cpu`, each call also
-  appends this process's (user, kernel) CPU seconds during it."""
+def timed(fn, cpu=None, per=1):
+  """fn as a call that returns its wall-clock seconds / `per` (fn takes `per` steps); with a
+  list `cpu`, each call also appends this process's (user, kernel) CPU seconds / `per`."""
   def call():
     seconds, user, kernel, _ = measure(fn)
     if cpu is not None:
-      cpu.append((user, kernel))
-    return seconds
+      cpu.append((user / per, kernel / per))
+    return seconds / per
   return call
 
 
@@ -362,6 +373,9 @@ def main(argv=None):
                            "kernel's (page faults)")
   parser.add_argument("--block", type=int, default=3,
                       help="consecutive calls per turn, the first not counted (default 3)")
+  parser.add_argument("--steps-per-call", type=int, default=1, metavar="K",
+                      help="K > 1: also time jaxdl training K steps per compiled call, per "
+                           "step (train mode only)")
   parser.add_argument("--torch-python", default="/work/torchvenv/bin/python")
   parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -370,9 +384,12 @@ def main(argv=None):
     return
   if args.block < 1:
     parser.error(f"--block must be at least 1, got {args.block}")
+  if args.steps_per_call < 1:
+    parser.error(f"--steps-per-call must be at least 1, got {args.steps_per_call}")
+  multi = f"x{args.steps_per_call}" if args.steps_per_call > 1 else None
   variants = list(dict.fromkeys(args.variants + (["xla-conv"] if args.with_xla_conv else [])))
-  if args.no_timm and not variants:
-    parser.error("--no-timm leaves nothing to compare with: add --variants")
+  if args.no_timm and not variants and not multi:
+    parser.error("--no-timm leaves nothing to compare with: add --variants or --steps-per-call")
   import jax
   import numpy as np
   worker = None if args.no_timm else TorchWorker(args.torch_python)
@@ -387,6 +404,12 @@ def main(argv=None):
     rule += "---:|---:|"
   head += " jaxdl compile (s) |"
   rule += "---:|"
+  if multi:
+    head += f" jaxdl {multi} steps/call img/s | {multi} / jaxdl |"
+    rule += "---:|---:|"
+    if worker is not None:
+      head += f" {multi} / timm |"
+      rule += "---:|"
   for v in variants:
     head += f" {v} img/s | jaxdl / {v} |"
     rule += "---:|---:|"
@@ -397,11 +420,13 @@ def main(argv=None):
           args.train_batch if mode == "train" else args.infer_batch)
       run, info = jax_runner(name, mode, batch)
       others = [jax_runner(name, mode, batch, switched_off=v)[0] for v in variants]
+      k = args.steps_per_call if multi and mode == "train" else 1
+      run_k = jax_runner(name, mode, batch, steps_per_call=k)[0] if k > 1 else None
       if worker is not None:
         tinfo = worker.call(model=name, mode=mode, batch=batch)
         assert info["params"] == tinfo["params"], (name, info["params"], tinfo["params"])
       # (name, a call returning its seconds, the seconds so far); timm reports its own.
-      cpu = {n: [] for n in ["jaxdl", "timm"] + variants}
+      cpu = {n: [] for n in ["jaxdl", "timm", multi] + variants if n}
       calls = [("jaxdl", timed(run, cpu["jaxdl"]), [])]
       if worker is not None:
         def timm_call():
@@ -409,6 +434,8 @@ def main(argv=None):
           cpu["timm"].append((r["user"], r["sys"]))
           return r["s"]
         calls.append(("timm", timm_call, []))
+      if run_k is not None:
+        calls.append((multi, timed(run_k, cpu[multi], per=k), []))
       calls += [(v, timed(o, cpu[v]), []) for v, o in zip(variants, others)]
       # One block of calls of each in turn, the order reversed every repeat.
       for r in range(args.repeats):
@@ -421,18 +448,25 @@ def main(argv=None):
       seconds = {n: [t for b in times for t in b] for n, times in blocks.items()}
       j = batch / float(np.median(seconds["jaxdl"]))
 
-      def ratio(other):
-        """jaxdl / other over all calls, and its range over the repeats (their block
+      def ratio(other, this="jaxdl"):
+        """this / other over all calls, and its range over the repeats (their block
         medians): how far one repeat's reading can stray."""
         per = [float(np.median(o)) / float(np.median(b))
-               for b, o in zip(blocks["jaxdl"], blocks[other])]
-        r = float(np.median(seconds[other])) / float(np.median(seconds["jaxdl"]))
+               for b, o in zip(blocks[this], blocks[other])]
+        r = float(np.median(seconds[other])) / float(np.median(seconds[this]))
         return f"{r:.2f}x ({min(per):.2f}-{max(per):.2f})"
       row = f"| {name} | {mode} | {batch} | {j:.1f} |"
       if worker is not None:
         t = batch / float(np.median(seconds["timm"]))
         row += f" {t:.1f} | {ratio('timm')} |"
       row += f" {info['compile_s']:.0f} |"
+      if multi:
+        if run_k is None:
+          row += " - | - |" + (" - |" if worker is not None else "")
+        else:
+          row += f" {batch / float(np.median(seconds[multi])):.1f} | {ratio('jaxdl', multi)} |"
+          if worker is not None:
+            row += f" {ratio('timm', multi)} |"
       for v in variants:
         o = batch / float(np.median(seconds[v]))
         row += f" {o:.1f} | {ratio(v)} |"
