@@ -212,7 +212,7 @@ def call_plan(start: int, end: int, steps_per_call: int, is_boundary):
     step = stop
 
 
-def _stack(batches: list):
+def stack_batches(batches: list):
   """Host batches of consecutive steps -> one batch with a leading steps axis."""
   return jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
@@ -546,7 +546,7 @@ def train_and_evaluate(config, workdir) -> dict:
           state, metrics = train_step(state, shard_lib.global_batch(host[0], mesh))
         else:
           state, metrics = built.train_steps(
-              state, shard_lib.global_batch(_stack(host), mesh, stacked=True))
+              state, shard_lib.global_batch(stack_batches(host), mesh, stacked=True))
         in_flight.add(metrics)
         pending.append(metrics)
         unchecked.append(metrics)
