@@ -43,6 +43,16 @@ def test_smoke_one_model_with_kernels(capsys, tool):
   assert "train bf16+kernels" in capsys.readouterr().out
 
 
+def test_smoke_steps_per_call(capsys, tool):
+  """--steps-per-call 2 adds a row per configuration timed two steps per compiled call."""
+  rows = tool("bench_gpu").main(["--smoke", "--models", "densenet_bc_100_k12", "--configs",
+                                 "f32", "--skip", "kernels", "--steps-per-call", "2"])
+  jax_rows = [r for r in rows if r["section"] == "jaxdl"]
+  assert [r["steps_per_call"] for r in jax_rows] == [1, 2]
+  assert all(r["images_per_s"] > 0 and r["mfu"] > 0 for r in jax_rows)
+  assert "2 steps/call" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_full_smoke_run(capsys, tool):
   bench = tool("bench_gpu")

@@ -16,7 +16,9 @@ Sections (all in one process, one table):
    device memory (`memory_stats()["peak_bytes_in_use"]`, reset between rows is not possible
    in JAX, so rows run in order of increasing memory and the peak is the running max;
    run one row per process with --models/--configs for exact numbers), and
-   MFU = XLA's cost-analysis FLOPs per step / step time / section 1's peak.
+   MFU = XLA's cost-analysis FLOPs per step / step time / section 1's peak. With
+   --steps-per-call K each configuration gets a second row: K steps per compiled call
+   (`lax.scan`, as `--config.steps_per_call=K` trains), per step; vs_base is its speed-up.
 3. timm/PyTorch (when `import torch, timm` works in this interpreter, else skipped): eager
    float32, eager bf16 autocast + channels_last, torch.compile bf16 autocast +
    channels_last; images/s and `torch.cuda.max_memory_allocated`.
@@ -141,10 +143,12 @@ def matmul_peak(n, repeats):
 
 # ---- 2. jaxdl train steps -----------------------------------------------------------------
 
-def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False):
+def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False, steps_per_call=1):
   """(run() -> state, flops per step, compile seconds) for one jaxdl configuration.
 
   flops_only: return the FLOPs of the lowered step alone (no compilation).
+  steps_per_call > 1: one call of run() takes that many steps (`lax.scan` over stacked copies
+  of the batch, jaxdl.train.loop.make_train_steps, as `--config.steps_per_call` trains).
   """
   import jaxdl.models as models
   overrides = dict(SMOKE_OVERRIDES[name]) if smoke else {}
@@ -178,6 +182,11 @@ def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False):
   opt_state = tx.init(variables["params"])
   jitted = jax.jit(step, donate_argnums=(0, 1))
   lowered = jitted.lower(variables, opt_state, x, y)
+  if steps_per_call > 1 and not flops_only:
+    from jaxdl.train.loop import make_train_steps
+    multi = make_train_steps(lambda c, xy: (step(*c, *xy), None))
+    xs, ys = (jnp.stack([a] * steps_per_call) for a in (x, y))
+    multi_jitted = jax.jit(lambda c, xs, ys: multi(c, (xs, ys))[0], donate_argnums=0)
   # FLOPs from the lowered HLO, not the compiled executable: on GPU the latter counts cuDNN
   # convolutions (custom calls) as zero. jax 0.11.2 on the H100 gave no cost analysis for the
   # GPU lowering at all, so fall back to lowering the same step in a CPU-only process.
@@ -187,14 +196,20 @@ def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False):
   if not np.isfinite(flops):
     flops = _cpu_flops(name, batch, dtype, kernels, smoke)
   t0 = time.perf_counter()
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
   carry = [variables, opt_state]
+  if steps_per_call > 1:
+    compiled = multi_jitted.lower((variables, opt_state), xs, ys).compile()
 
-  def run():
-    carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
-    return carry[0]
-  return run, flops, compile_s
+    def run():
+      carry[:] = compiled(tuple(carry), xs, ys)
+      return carry[0]
+  else:
+    compiled = lowered.compile()
+
+    def run():
+      carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
+      return carry[0]
+  return run, flops, time.perf_counter() - t0
 
 
 def _kernel_applies(name):
@@ -380,6 +395,9 @@ def main(argv=None):
   parser.add_argument("--matmul-size", type=int, default=8192)
   parser.add_argument("--skip", nargs="*", default=[], choices=["jax", "torch", "kernels"])
   parser.add_argument("--json", type=Path, help="also write the rows here")
+  parser.add_argument("--steps-per-call", type=int, default=1, metavar="K",
+                      help="K > 1: also time each jaxdl configuration K train steps per "
+                           "compiled call (config.steps_per_call), per step")
   parser.add_argument("--flops-of", nargs=4, metavar=("MODEL", "BATCH", "DTYPE", "KERNELS"),
                       help=argparse.SUPPRESS)  # internal: print one train step's FLOPs
   args = parser.parse_args(argv)
@@ -407,19 +425,21 @@ def main(argv=None):
         if kernels and not _kernel_applies(name):
           continue
         b = batch_for(name)
-        run, flops, compile_s = jax_train_step(name, b, dtype, kernels, args.smoke)
-        t = _median_time(run, args.repeats, args.steps)
-        mem = _peak_bytes()
-        base.setdefault(dtype, t)
-        rows.append(dict(section="jaxdl", name=name, config=f"train {cfg} batch {b}",
-                         images_per_s=b / t, ms=1e3 * t,
-                         peak_mib=None if mem is None else mem / 2 ** 20,
-                         flops=flops, vs_base=base[dtype] / t,
-                         compile_s=compile_s, xla_flags=os.environ.get("XLA_FLAGS", "")))
-        print(f"  done: {name} {cfg} {b / t:.1f} img/s, {1e3 * t:.2f} ms, "
-              f"{flops / t / 1e12:.1f} TFLOP/s, compile {compile_s:.0f} s", file=sys.stderr,
-              flush=True)
-        _write_json(args.json, None, rows)  # after every row: a timeout keeps what ran
+        for k in sorted({1, args.steps_per_call}):
+          run, flops, compile_s = jax_train_step(name, b, dtype, kernels, args.smoke,
+                                                 steps_per_call=k)
+          t = _median_time(run, args.repeats, max(1, args.steps // k)) / k  # per step
+          mem = _peak_bytes()
+          base.setdefault(dtype, t)
+          label = f"train {cfg} batch {b}" + (f" {k} steps/call" if k > 1 else "")
+          rows.append(dict(section="jaxdl", name=name, config=label, images_per_s=b / t,
+                           ms=1e3 * t, peak_mib=None if mem is None else mem / 2 ** 20,
+                           flops=flops, vs_base=base[dtype] / t, compile_s=compile_s,
+                           xla_flags=os.environ.get("XLA_FLAGS", ""), steps_per_call=k))
+          print(f"  done: {label}: {b / t:.1f} img/s, {1e3 * t:.2f} ms, "
+                f"{flops / t / 1e12:.1f} TFLOP/s, compile {compile_s:.0f} s", file=sys.stderr,
+                flush=True)
+          _write_json(args.json, None, rows)  # after every row: a timeout keeps what ran
   if "torch" not in args.skip:
     rows += torch_rows(args.models, batch_for, args.repeats, args.steps, args.smoke,
                        args.torch_configs)

@@ -120,6 +120,9 @@ case $part in
       "$lvl2" --models rdnet_tiny --configs bf16 --skip torch kernels
     bench jax_rdnet_tiny_f32 "$lvl2" --models rdnet_tiny --configs f32 --skip torch kernels
     bench jax_densenet121_f32 "$lvl2" --models densenet121 --configs f32 --skip torch kernels
+    # config.steps_per_call on the GPU: the CIFAR recipe's batch 64, 1 vs 8 steps per call.
+    bench jax_bc100_steps_per_call "$lvl2" --models densenet_bc_100_k12 --configs bf16 \
+      --cifar-batch 64 --steps 16 --steps-per-call 8 --skip torch kernels
     bench torch_resnet50 "" --skip jax kernels --models resnet50 \
       --torch-configs compile_bf16 eager_bf16
     bench torch_bc100 "" --skip jax kernels --models densenet_bc_100_k12 \
