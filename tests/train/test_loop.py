@@ -343,10 +343,13 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(one_device_run, tmp_path):
+@pytest.mark.parametrize("steps_per_call", [1, 5])
+def test_two_processes_match_one_process(one_device_run, tmp_path, steps_per_call):
+  # steps_per_call=5: each process stacks its own rows of 5 steps' batches.
   port = _free_port()
   procs = [subprocess.Popen(
       [sys.executable, "-m", "jaxdl.train", *SHARD_ARGS, "--workdir", str(tmp_path),
+       f"--config.steps_per_call={steps_per_call}",
        "--multihost", f"--coordinator_address=localhost:{port}", "--num_processes=2",
        f"--process_id={i}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True, env={**os.environ, "XLA_FLAGS": ""}) for i in range(2)]
