@@ -163,6 +163,8 @@ VARIANTS = {
                       "the feature maps' shared batch statistics (concat_normalize_relu)",
     "dw-kgrad-one-reduce": "depthwise kernel gradient as one variadic reduction of all taps "
                            "per block of rows, not one per group of <= 16 taps",
+    "dw-recomputed": "RDNet's FeatureMixer without compute_once after its depthwise sum "
+                     "(XLA:CPU then recomputes the sum inside the LayerNorm's loops)",
     "gelu-stored": "RDNet's FeatureMixer storing its GELU output for the backward pass "
                    "(the 1x1 conv's input), not recomputing it from the GELU's input",
 }
@@ -178,6 +180,7 @@ FLAGS_OFF = {
     "no-dense-stats": ("jaxdl.models.densenet", "_CACHE_STATS"),
     "dw-kgrad-one-reduce": ("jaxdl.layers.conv", "_TAPS_PER_REDUCE", 10**9),
     "gelu-stored": ("jaxdl.models.rdnet", "_RECOMPUTE_GELU"),
+    "dw-recomputed": ("jaxdl.models.rdnet", "_COMPUTE_DW_ONCE"),
 }
 
 

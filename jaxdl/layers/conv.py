@@ -479,6 +479,35 @@ def _loop_fusion_boundary_jvp(primals, tangents):
   return _loop_fusion_boundary(primals[0]), tangents[0]
 
 
+def compute_once(y, impl: str | None = None):
+  """y itself; on CPU (`impl` as in `conv_impl`) as an op that XLA:CPU computes once and
+  stores, instead of recomputing it inside each of its consumers.
+
+  XLA's fusion duplicates a chain of cheap elementwise ops (slices, multiplies, adds) into
+  every consumer that can take it in. RDNet's 7x7 depthwise sum (49 multiply-adds per output)
+  was so recomputed inside its LayerNorm's forward and backward loops: five extra times in
+  each mixer at 14x14 and 7x7, ~200 of rdnet_tiny's 3,500 ms per training step on one core
+  (BENCHMARKS.md "Depthwise sums recomputed in the LayerNorm"). XLA does not duplicate an
+  expensive op, a division, so y comes out of `y / (1 + 0 * y)`: exactly y wherever y is
+  finite (XLA does not fold `0 * y` for floats; an inf becomes NaN). The divisor must not be
+  a broadcast: XLA rewrites a division by a broadcast into a multiplication by its
+  reciprocal, a cheap op again. The tangent (cotangent) passes through unchanged. Not for
+  every layer: a stored output costs a write and a read where a consumer would have
+  recomputed it cheaply (e.g. 3x3 depthwise sums before a BatchNorm).
+  """
+  return _compute_once(y) if _use_fast(impl) else y
+
+
+@jax.custom_jvp
+def _compute_once(y):
+  return y / (1 + 0 * y)
+
+
+@_compute_once.defjvp
+def _compute_once_jvp(primals, tangents):
+  return _compute_once(primals[0]), tangents[0]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _depthwise_vjp(x, rhs, pads, out_dtype):
   """Stride-1 `_depthwise_sum` of x padded by `pads` (each side < K), with the VJP described

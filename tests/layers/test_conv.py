@@ -1,12 +1,14 @@
 """The CPU-fast convolution formulations equal a float64 convolution, values and gradients."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdl import errors
+from jaxdl import compiler, errors
 from jaxdl.layers import conv as lc
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -230,6 +232,51 @@ def test_loop_fusion_boundary_changes_no_value(dtype):
   _, vjp = jax.vjp(lc._loop_fusion_boundary, x)
   assert jnp.array_equal(vjp(g)[0], g)
   assert jnp.array_equal(jax.jvp(lc._loop_fusion_boundary, (x,), (g,))[1], g)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_compute_once_changes_no_finite_value(dtype):
+  x = jnp.asarray(np.random.default_rng(9).standard_normal(1000) * 1e3, dtype)
+  x = jnp.concatenate([x, jnp.asarray([0.0, -0.0], dtype),
+                       jnp.asarray([jnp.finfo(dtype).tiny, jnp.finfo(dtype).max], dtype)])
+  got = jax.jit(lc._compute_once)(x)
+  assert got.dtype == x.dtype
+  np.testing.assert_array_equal(np.asarray(got, np.float64), np.asarray(x, np.float64))
+  assert jnp.array_equal(jnp.signbit(got), jnp.signbit(x))  # -0.0 stays -0.0
+  g = jnp.asarray(np.random.default_rng(10).standard_normal(x.shape), dtype)
+  _, vjp = jax.vjp(lc._compute_once, x)
+  assert jnp.array_equal(vjp(g)[0], g)
+  assert jnp.array_equal(jax.jvp(lc._compute_once, (x,), (g,))[1], g)
+  assert lc.compute_once(x, impl="xla") is x
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
+def test_compute_once_stores_a_depthwise_sum_that_a_layer_norm_would_recompute(monkeypatch):
+  """A 7x7 depthwise sum, then a LayerNorm, differentiated (RDNet's mixer at 14x14): XLA
+  fuses the 49-tap sum into the LN's forward and backward loops (several loops holding all
+  49 taps); after `compute_once`, one forward loop holds them (and one for the input
+  gradient). Compiled, never run."""
+  x = jnp.ones((4, 14, 14, 256))
+  w = jnp.ones((7, 7, 1, 256))
+  ln = nn.LayerNorm()
+  ln_vars = ln.init(jax.random.key(0), x)
+
+  def loops_with_all_taps(once):
+    def loss(x, w, v):
+      y = lc.depthwise_shifted(x, w, (1, 1), None, ((3, 3), (3, 3)))
+      y = lc.compute_once(y, impl="fast") if once else y
+      y = lc.loop_fusion_boundary(y, impl="fast")
+      return jnp.sum(jnp.tanh(ln.apply(v, y)))
+    text = compiler.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, w, ln_vars).compile(
+        ).as_text()
+    # A loop of all 49 taps slices the input 49 times and the kernel ~48 (a bitcast or two).
+    return sum(b.count(" slice(") >= 90 for b in re.split(r"\n(?=%|ENTRY)", text))
+
+  duplicated = loops_with_all_taps(False)
+  if duplicated <= 2:
+    pytest.skip("this XLA no longer recomputes the depthwise sum in the LN's loops: "
+                "re-measure bench_models --variants dw-recomputed and drop compute_once")
+  assert loops_with_all_taps(True) == 2
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
