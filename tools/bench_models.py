@@ -281,6 +281,7 @@ def jax_runner(name, mode, batch, switched_off="jaxdl", steps_per_call=1):
 
   import jaxdl.models as models
   from jaxdl import compiler
+  from jaxdl.train.loop import make_train_steps
   model = models.create(name)
   res = RES.get(name, 224)
   rng = np.random.default_rng(0)
@@ -307,7 +308,6 @@ def jax_runner(name, mode, batch, switched_off="jaxdl", steps_per_call=1):
 
     def steps(carry, xy):  # the loop's make_train_steps, on (variables, opt_state)
       return step(*carry, *xy), None
-    from jaxdl.train.loop import make_train_steps
     carry = [variables, tx.init(variables["params"])]
     # K copies of the batch, stacked as the loop stacks K consecutive batches.
     xy = (x, y) if steps_per_call == 1 else jax.tree.map(
