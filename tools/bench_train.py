@@ -91,11 +91,11 @@ def main():
 
   rows = []
   for name in args.configs.split(","):
+    steps = args.steps if name == "quickstart" else max(args.steps // 3, 5)
     for n in [int(d) for d in args.devices.split(",")]:
+      env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+             "PYTHONPATH": str(REPO)}
       for k in [int(v) for v in args.steps_per_call.split(",")]:
-        steps = args.steps if name == "quickstart" else max(args.steps // 3, 5)
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
-               "PYTHONPATH": str(REPO)}
         out = subprocess.run([sys.executable, __file__, "--child", "--config", name, "--steps",
                               str(steps), "--repeats", str(args.repeats), "--k", str(k)],
                              env=env, text=True, capture_output=True, check=True).stdout

@@ -251,7 +251,7 @@ def test_compute_once_changes_no_finite_value(dtype):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion decision")
-def test_compute_once_stores_a_depthwise_sum_that_a_layer_norm_would_recompute(monkeypatch):
+def test_compute_once_stores_a_depthwise_sum_that_a_layer_norm_would_recompute():
   """A 7x7 depthwise sum, then a LayerNorm, differentiated (RDNet's mixer at 14x14): XLA
   fuses the 49-tap sum into the LN's forward and backward loops (several loops holding all
   49 taps); after `compute_once`, one forward loop holds them (and one for the input

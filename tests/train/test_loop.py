@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -251,7 +252,6 @@ def test_steps_per_call_resumes_from_a_checkpoint_between_calls(tmp_path):
   train_and_evaluate(config, tmp_path)
   reference = load_variables(tmp_path, 45)
   for step in (30, 45):
-    import shutil
     shutil.rmtree(tmp_path / "checkpoints" / str(step))
   train_and_evaluate(config, tmp_path)
   _assert_same_params(load_variables(tmp_path, 45), reference)
