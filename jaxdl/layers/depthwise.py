@@ -22,7 +22,9 @@ from jaxdl import errors
 from jaxdl.layers import conv as conv_lib
 
 IMPLS = ("auto", "conv", "shifted")
-_CONV_IMPL = {"auto": "auto", "conv": "xla", "shifted": "fast"}  # jaxdl.layers.conv names
+# jaxdl.layers.conv names; "auto" is the `conv_impl` context's choice (by default: shifted
+# sums on CPU, the convolution elsewhere), so `conv_impl("xla")` governs this layer as well.
+_CONV_IMPL = {"auto": None, "conv": "xla", "shifted": "fast"}
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, *, impl: str = "auto") -> jax.Array:
@@ -32,7 +34,8 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, impl: str = "auto") -> ja
     x: [N, H, W, C].
     kernel: [K, K, 1, C] (K odd), `nn.Conv(..., feature_group_count=C)`'s layout.
     impl: "conv" (lax.conv_general_dilated), "shifted" (K*K shifted multiply-adds,
-      accumulated in float32) or "auto" ("shifted" on CPU, "conv" elsewhere).
+      accumulated in float32) or "auto" (what `jaxdl.layers.conv.conv_impl` selects: by
+      default "shifted" on CPU, "conv" elsewhere).
   Returns:
     [N, H, W, C] in x's dtype.
   """

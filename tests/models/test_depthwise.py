@@ -57,3 +57,19 @@ def test_bad_kernel_and_impl_are_one_line_errors():
     depthwise_conv(x, jnp.zeros((2, 2, 1, 3)))
   with pytest.raises(errors.ConfigError, match="impl"):
     depthwise_conv(x, jnp.zeros((3, 3, 1, 3)), impl="fft")
+
+
+def test_auto_follows_the_conv_impl_context():
+  """impl="auto" is the `conv_impl` context's choice: a grouped convolution under "xla"
+  (what GPU code and the FLOP counts of tools/bench_gpu.py trace on a CPU host), the shifted
+  sums under "fast"; "conv" and "shifted" ignore the context."""
+  from jaxdl.layers import conv as lc
+  x, kernel = jnp.ones((1, 6, 6, 4)), jnp.ones((3, 3, 1, 4))
+
+  def has_conv(impl):
+    jaxpr = jax.make_jaxpr(lambda x, k: depthwise_conv(x, k, impl=impl))(x, kernel)
+    return "conv_general_dilated" in str(jaxpr)
+  with lc.conv_impl("xla"):
+    assert has_conv("auto") and not has_conv("shifted")
+  with lc.conv_impl("fast"):
+    assert not has_conv("auto") and has_conv("conv")
