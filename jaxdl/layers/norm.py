@@ -250,7 +250,11 @@ _cnr_vjp.defvjp(_cnr_fwd, _cnr_bwd)
 
 
 def layer_norm(name: str, dtype: Any = None, param_dtype: Any = jnp.float32,
-               epsilon: float = 1e-6) -> nn.LayerNorm:
-  """timm's LayerNorm2d for NHWC tensors: normalizes each position over its channels."""
-  return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, dtype=dtype,
+               epsilon: float = 1e-6, fast_variance: bool = False) -> nn.LayerNorm:
+  """timm's LayerNorm2d for NHWC tensors: normalizes each position over its channels.
+
+  The variance is E[(x - mean)^2] (two passes, as PyTorch), or with `fast_variance`
+  E[x^2] - mean^2 (flax's default; float32 statistics either way).
+  """
+  return nn.LayerNorm(epsilon=epsilon, use_fast_variance=fast_variance, dtype=dtype,
                       param_dtype=param_dtype, name=name)

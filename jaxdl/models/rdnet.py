@@ -93,6 +93,7 @@ class FeatureMixer(nn.Module):
   ese: bool = False
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  norm_fast_variance: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -101,7 +102,8 @@ class FeatureMixer(nn.Module):
     if _COMPUTE_DW_ONCE:  # on CPU, the 7x7 sum stored, not recomputed in the LN's loops
       x = conv_lib.compute_once(x)
     x = conv_lib.loop_fusion_boundary(x)  # on CPU, keeps the 7x7 sum out of the LN's fusion
-    x = layer_norm("layers_1", self.dtype, self.param_dtype)(x)
+    x = layer_norm("layers_1", self.dtype, self.param_dtype,
+                   fast_variance=self.norm_fast_variance)(x)
     x = conv_lib.loop_fusion_boundary(x)  # and the 1x1 dot out of it (XLA's dot is faster)
     x = Conv(self.inter_features, (1, 1), name="layers_2", **kw)(x)
     if _RECOMPUTE_GELU and conv_lib.uses_cpu_formulations():
@@ -126,13 +128,14 @@ class RDNetBlock(nn.Module):
   drop_rate: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  norm_fast_variance: bool = False
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], train: bool = False) -> jax.Array:
     x = jnp.concatenate(features, axis=-1) if len(features) > 1 else features[0]
     inter = int(x.shape[-1] * self.bottleneck_width_ratio / 8) * 8
     x = FeatureMixer(inter, self.growth_rate, self.ese, self.dtype, self.param_dtype,
-                     name="layers")(x)
+                     self.norm_fast_variance, name="layers")(x)
     if self.ls_init_value > 0:
       gamma = self.param("gamma", nn.initializers.constant(self.ls_init_value),
                          (self.growth_rate,), self.param_dtype)
@@ -154,6 +157,7 @@ class DenseStage(nn.Module):
   drop_rate: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  norm_fast_variance: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -161,7 +165,7 @@ class DenseStage(nn.Module):
     for i in range(self.num_blocks):
       features.append(RDNetBlock(self.growth_rate, self.bottleneck_width_ratio, self.ese,
                                  self.ls_init_value, self.drop_path_rates[i], self.drop_rate,
-                                 self.dtype, self.param_dtype,
+                                 self.dtype, self.param_dtype, self.norm_fast_variance,
                                  name=f"dense_block{i}")(features, train))
     return jnp.concatenate(features, axis=-1)
 
@@ -172,11 +176,13 @@ class NormHead(nn.Module):
   drop_rate: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  norm_fast_variance: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = jnp.mean(x, axis=(1, 2))
-    x = layer_norm("norm", self.dtype, self.param_dtype)(x)
+    x = layer_norm("norm", self.dtype, self.param_dtype,
+                   fast_variance=self.norm_fast_variance)(x)
     if self.drop_rate > 0:
       x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, bias_init=nn.initializers.zeros, dtype=self.dtype,
@@ -204,6 +210,12 @@ class RDNet(nn.Module):
     features_only: return the last feature map [N, h, w, C] (before pooling and head).
     dtype: compute dtype (None = float32); LayerNorm statistics stay float32.
     param_dtype: parameter dtype.
+    norm_fast_variance: LayerNorm variance as E[x^2] - mean^2 (flax's default) instead of
+      E[(x - mean)^2] (PyTorch's, the default). XLA:GPU compiles the train step ~3x faster
+      with it: the two-pass form makes XLA build Triton normalization fusions that its
+      fusion pass then spends minutes re-tiling (rdnet_tiny bf16 batch 64 for an H200, no
+      autotuning: 164 s -> 57 s; BENCHMARKS.md "RDNet's compile time on GPUs"). Its effect
+      on GPU step time is not yet measured, so the default stays PyTorch's form.
   """
   num_classes: int = 1000
   num_init_features: int = 64
@@ -221,6 +233,7 @@ class RDNet(nn.Module):
   features_only: bool = False
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  norm_fast_variance: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -241,7 +254,7 @@ class RDNet(nn.Module):
     x = jnp.asarray(x, self.dtype)
     x = Conv(self.num_init_features, (p, p), strides=(p, p), padding="VALID",
              kernel_init=_conv_init, name="stem_0", **kw)(x)
-    x = layer_norm("stem_1", **kw)(x)
+    x = layer_norm("stem_1", **kw, fast_variance=self.norm_fast_variance)(x)
     dp = drop_path_rates(self.drop_path_rate, self.num_blocks_list)
     num_features = self.num_init_features
     for i, growth in enumerate(self.growth_rates):
@@ -249,7 +262,7 @@ class RDNet(nn.Module):
       if i > 0:
         num_features = int(num_features * self.transition_compression_ratio / 8) * 8
         k = 2 if self.is_downsample_block[i] else 1
-        x = layer_norm(f"dense_stages_{i}_0", **kw)(x)
+        x = layer_norm(f"dense_stages_{i}_0", **kw, fast_variance=self.norm_fast_variance)(x)
         x = Conv(num_features, (k, k), strides=(k, k), padding="VALID",
                  kernel_init=_conv_init, name=f"dense_stages_{i}_1", **kw)(x)
         j = 2
@@ -258,11 +271,13 @@ class RDNet(nn.Module):
                      ese=self.block_types[i].lower() == "blockese",
                      bottleneck_width_ratio=self.bottleneck_width_ratio,
                      ls_init_value=self.ls_init_value, drop_rate=self.proj_drop_rate,
+                     norm_fast_variance=self.norm_fast_variance,
                      name=f"dense_stages_{i}_{j}", **kw)(x, train)
       num_features += n * growth
     if self.features_only:
       return x
-    x = NormHead(self.num_classes, self.drop_rate, name="head", **kw)(x, train)
+    x = NormHead(self.num_classes, self.drop_rate, name="head",
+                 norm_fast_variance=self.norm_fast_variance, **kw)(x, train)
     return x.astype(jnp.float32)
 
 

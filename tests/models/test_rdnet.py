@@ -161,3 +161,42 @@ def test_mixer_backward_keeps_gelu_input_only(monkeypatch):
   # Three of the four [4, 28, 28, 256] float32 GELU outputs (3.2 MB each) are no longer
   # kept while the backward pass reaches them.
   assert mem <= mem_stored - 3 * 4 * 28 * 28 * 256 * 4
+
+
+def test_norm_fast_variance_reaches_every_layer_norm_and_keeps_the_function(tiny, fast_jit):
+  """norm_fast_variance (one-pass LayerNorm variance, for XLA:GPU's compile time): every
+  LayerNorm of the model takes it, the parameters are the same and so are the logits to
+  float32 rounding; the plain model's LayerNorms keep PyTorch's two-pass form."""
+  import flax.linen as nn
+  model, v = tiny
+  fast = models.create("rdnet_tiny", norm_fast_variance=True, **TINY)
+
+  def layer_norm_modes(m):
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+      if isinstance(context.module, nn.LayerNorm) and context.method_name == "__call__":
+        seen.append(context.module.use_fast_variance)
+      return next_fun(*args, **kwargs)
+    with nn.intercept_methods(record):
+      out = m.apply(v, X)
+    return out, seen
+
+  want, plain_modes = layer_norm_modes(model)
+  got, fast_modes = layer_norm_modes(fast)
+  # stem, 5 mixers, 2 transitions, head.
+  assert plain_modes == [False] * 9 and fast_modes == [True] * 9
+  assert (jax.tree.structure(fast_jit(fast.init)(jax.random.key(0), X)["params"])
+          == jax.tree.structure(v["params"]))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_variance_forms_match_float64():
+  from jaxdl.layers.norm import layer_norm
+  x = np.random.default_rng(2).standard_normal((3, 4, 4, 24)).astype(np.float32) * 3 + 1
+  x64 = x.astype(np.float64)
+  want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6)
+  for fast in (False, True):
+    ln = layer_norm("ln", fast_variance=fast)
+    v = ln.init(jax.random.key(0), x)
+    np.testing.assert_allclose(ln.apply(v, x), want, rtol=1e-5, atol=1e-5)
