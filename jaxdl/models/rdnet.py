@@ -211,10 +211,10 @@ class RDNet(nn.Module):
     dtype: compute dtype (None = float32); LayerNorm statistics stay float32.
     param_dtype: parameter dtype.
     norm_fast_variance: LayerNorm variance as E[x^2] - mean^2 (flax's default) instead of
-      E[(x - mean)^2] (PyTorch's, the default). XLA:GPU compiles the train step ~3x faster
+      E[(x - mean)^2] (PyTorch's, the default). XLA:GPU compiles the train step ~5x faster
       with it: the two-pass form makes XLA build Triton normalization fusions that its
       fusion pass then spends minutes re-tiling (rdnet_tiny bf16 batch 64 for an H200, no
-      autotuning: 164 s -> 57 s; BENCHMARKS.md "RDNet's compile time on GPUs"). Its effect
+      autotuning: 109 s -> 20 s; BENCHMARKS.md "RDNet's compile time on GPUs"). Its effect
       on GPU step time is not yet measured, so the default stays PyTorch's form.
   """
   num_classes: int = 1000
