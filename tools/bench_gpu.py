@@ -19,6 +19,10 @@ Sections (all in one process, one table):
    MFU = XLA's cost-analysis FLOPs per step / step time / section 1's peak. With
    --steps-per-call K each configuration gets a second row: K steps per compiled call
    (`lax.scan`, as `--config.steps_per_call=K` trains), per step; vs_base is its speed-up.
+   `--xla-option NAME=VALUE` (repeatable) compiles these rows with XLA options (per
+   compilation, not process-wide), e.g. xla_gpu_enable_cudnn_layer_norm=true, and
+   `--model-option NAME=VALUE` builds the models with more constructor arguments, e.g.
+   norm_fast_variance=true (RDNet).
 3. timm/PyTorch (when `import torch, timm` works in this interpreter, else skipped): eager
    float32, eager bf16 autocast + channels_last, torch.compile bf16 autocast +
    channels_last; images/s and `torch.cuda.max_memory_allocated`.
@@ -46,6 +50,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -143,12 +148,14 @@ def matmul_peak(n, repeats):
 
 # ---- 2. jaxdl train steps -----------------------------------------------------------------
 
-def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False, steps_per_call=1):
-  """(run() -> state, flops per step, compile seconds) for one jaxdl configuration.
+def build_train_step(name, dtype, kernels, smoke, model_options=None):
+  """(model, step, tx, resolution, num_classes) of one jaxdl configuration, nothing compiled.
 
-  flops_only: return the FLOPs of the lowered step alone (no compilation).
-  steps_per_call > 1: one call of run() takes that many steps (`lax.scan` over stacked copies
-  of the batch, jaxdl.train.loop.make_train_steps, as `--config.steps_per_call` trains).
+  model_options: more constructor arguments of the model (`--model-option`).
+
+  step(variables, opt_state, x, y) -> (variables, opt_state): forward + backward + SGD
+  momentum, BatchNorm in training mode. Shared with tools/gpu_aot.py (compiled there for a
+  GPU target without a GPU).
   """
   import jaxdl.models as models
   overrides = dict(SMOKE_OVERRIDES[name]) if smoke else {}
@@ -156,19 +163,11 @@ def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False, steps_p
     overrides["dtype"] = jnp.bfloat16
   if kernels:  # The DenseNet bottleneck kernel through the model option.
     overrides["bottleneck_impl"] = "auto"
+  overrides.update(model_options or {})
   model = models.create(name, **overrides)
   res = 32 if smoke else RES.get(name, 224)
   num_classes = overrides.get("num_classes", NUM_CLASSES.get(name, 1000))
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((batch, res, res, 3), dtype=np.float32))
-  y = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
   tx = optax.sgd(0.01, momentum=0.9)
-  # Initialize on the host: on a GPU, jitting init would autotune every forward convolution
-  # (minutes for densenet121) for a function that runs once.
-  with jax.default_device(jax.devices("cpu")[0]):
-    v = jax.jit(model.init)(jax.random.key(0), np.asarray(x[:1]))
-  variables = jax.device_put({k: v[k] for k in ("params", "batch_stats") if k in v},
-                             jax.devices()[0])
 
   def step(variables, opt_state, x, y):
     def loss_fn(p):
@@ -179,6 +178,30 @@ def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False, steps_p
     updates, opt_state = tx.update(grads, opt_state, variables["params"])
     return {"params": optax.apply_updates(variables["params"], updates), **new}, opt_state
 
+  return model, step, tx, res, num_classes
+
+
+def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False, steps_per_call=1,
+                   compiler_options=None, model_options=None):
+  """(run() -> state, flops per step, compile seconds) for one jaxdl configuration.
+
+  flops_only: return the FLOPs of the lowered step alone (no compilation).
+  steps_per_call > 1: one call of run() takes that many steps (`lax.scan` over stacked copies
+  of the batch, jaxdl.train.loop.make_train_steps, as `--config.steps_per_call` trains).
+  compiler_options: XLA options for this compilation alone (`--xla-option`).
+  model_options: more constructor arguments of the model (`--model-option`).
+  """
+  model, step, tx, res, num_classes = build_train_step(name, dtype, kernels, smoke,
+                                                       model_options)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, res, res, 3), dtype=np.float32))
+  y = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
+  # Initialize on the host: on a GPU, jitting init would autotune every forward convolution
+  # (minutes for densenet121) for a function that runs once.
+  with jax.default_device(jax.devices("cpu")[0]):
+    v = jax.jit(model.init)(jax.random.key(0), np.asarray(x[:1]))
+  variables = jax.device_put({k: v[k] for k in ("params", "batch_stats") if k in v},
+                             jax.devices()[0])
   opt_state = tx.init(variables["params"])
   jitted = jax.jit(step, donate_argnums=(0, 1))
   lowered = jitted.lower(variables, opt_state, x, y)
@@ -198,18 +221,45 @@ def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False, steps_p
   t0 = time.perf_counter()
   carry = [variables, opt_state]
   if steps_per_call > 1:
-    compiled = multi_jitted.lower((variables, opt_state), xs, ys).compile()
+    compiled = multi_jitted.lower((variables, opt_state), xs, ys).compile(compiler_options)
 
     def run():
       carry[:] = compiled(tuple(carry), xs, ys)
       return carry[0]
   else:
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options)
 
     def run():
       carry[0], carry[1] = compiled(carry[0], carry[1], x, y)
       return carry[0]
   return run, flops, time.perf_counter() - t0
+
+
+def parse_options(items, flag="--xla-option", prefix="xla_"):
+  """["name=value", ...] -> {name: value}, or None: XLA's compiler_options for one
+  compilation (`--xla-option`) or a model's constructor arguments (`--model-option`).
+
+  true / false become Python booleans, integers ints and other numbers floats: XLA rejects
+  the strings for its boolean and integer options.
+  """
+  options = {}
+  for item in items or ():
+    key, sep, value = item.partition("=")
+    if not sep or not key.startswith(prefix):
+      example = ("xla_gpu_enable_cudnn_layer_norm=true" if prefix else
+                 "norm_fast_variance=true")
+      raise SystemExit(f"{flag} {item!r}: give it as {prefix or ''}<name>=<value>, e.g. "
+                       f"{example}")
+    v = value.strip()
+    if v.lower() in ("true", "false"):
+      options[key] = v.lower() == "true"
+    elif re.fullmatch(r"-?\d+", v):
+      options[key] = int(v)
+    elif re.fullmatch(r"-?(\d+\.\d*|\.\d+|\d+)([eE]-?\d+)?", v):
+      options[key] = float(v)
+    else:
+      options[key] = value
+  return options or None
 
 
 def _kernel_applies(name):
@@ -398,9 +448,17 @@ def main(argv=None):
   parser.add_argument("--steps-per-call", type=int, default=1, metavar="K",
                       help="K > 1: also time each jaxdl configuration K train steps per "
                            "compiled call (config.steps_per_call), per step")
+  parser.add_argument("--xla-option", action="append", metavar="NAME=VALUE",
+                      help="an XLA option for the jaxdl rows' compilations alone (repeatable), "
+                           "e.g. xla_gpu_enable_cudnn_layer_norm=true")
+  parser.add_argument("--model-option", action="append", metavar="NAME=VALUE",
+                      help="a constructor argument of the jaxdl models (repeatable), e.g. "
+                           "norm_fast_variance=true for RDNet")
   parser.add_argument("--flops-of", nargs=4, metavar=("MODEL", "BATCH", "DTYPE", "KERNELS"),
                       help=argparse.SUPPRESS)  # internal: print one train step's FLOPs
   args = parser.parse_args(argv)
+  xla_options = parse_options(args.xla_option)
+  model_options = parse_options(args.model_option, "--model-option", "")
   if args.flops_of:
     from jaxdl.layers import conv as conv_lib
     name, batch, dtype, kernels = args.flops_of
@@ -427,15 +485,20 @@ def main(argv=None):
         b = batch_for(name)
         for k in sorted({1, args.steps_per_call}):
           run, flops, compile_s = jax_train_step(name, b, dtype, kernels, args.smoke,
-                                                 steps_per_call=k)
+                                                 steps_per_call=k,
+                                                 compiler_options=xla_options,
+                                                 model_options=model_options)
           t = _median_time(run, args.repeats, max(1, args.steps // k)) / k  # per step
           mem = _peak_bytes()
           base.setdefault(dtype, t)
-          label = f"train {cfg} batch {b}" + (f" {k} steps/call" if k > 1 else "")
+          label = (f"train {cfg} batch {b}" + (f" {k} steps/call" if k > 1 else "")
+                   + "".join(f" {o}={v}" for o, v in {**(xla_options or {}),
+                                                       **(model_options or {})}.items()))
           rows.append(dict(section="jaxdl", name=name, config=label, images_per_s=b / t,
                            ms=1e3 * t, peak_mib=None if mem is None else mem / 2 ** 20,
                            flops=flops, vs_base=base[dtype] / t, compile_s=compile_s,
-                           xla_flags=os.environ.get("XLA_FLAGS", ""), steps_per_call=k))
+                           xla_flags=os.environ.get("XLA_FLAGS", ""), steps_per_call=k,
+                           xla_options=xla_options, model_options=model_options))
           print(f"  done: {label}: {b / t:.1f} img/s, {1e3 * t:.2f} ms, "
                 f"{flops / t / 1e12:.1f} TFLOP/s, compile {compile_s:.0f} s", file=sys.stderr,
                 flush=True)

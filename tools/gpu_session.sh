@@ -8,12 +8,12 @@
 #   OUT=/path/to/results bash tools/gpu_session.sh c     # timm torch.compile rows
 #   OUT=/path/to/results bash tools/gpu_session.sh d     # DenseNet-BC-100 CIFAR-10 training
 #                                                        # for TRAIN_SECONDS (default 420)
-#   OUT=/path/to/results bash tools/gpu_session.sh p     # d, b, c and more side by side:
-#                                                        # one call of ~530 s, see below
+#   OUT=/path/to/results bash tools/gpu_session.sh p     # d and the open benchmarks side
+#                                                        # by side: one call of ~530 s
 #
 # Part p is for a session with one call's worth of device time (15 minutes in all, a machine
 # start included): the CIFAR-10 training holds a lock on the GPU (flock, BENCH_GPU_LOCK) for
-# TRAIN_SECONDS (default 390) while six benchmark processes compile beside it (XLA
+# TRAIN_SECONDS (default 390) while five benchmark processes compile beside it (XLA
 # autotuning, torch.compile); each times its rows only while it holds the lock, so every
 # timing runs alone on the GPU, after the training. Compile-time autotuning still shares the
 # GPU with the training (its timings may pick other algorithms than on an idle GPU). The
@@ -115,20 +115,27 @@ case $part in
         --json "$out/$name.json" ${BENCH_EXTRA:-} "$@" >"$out/$name.log" 2>&1
        echo "rc $?" >>"$out/$name.log") &
     }
-    # XLA's pass pipeline logged with timestamps: where rdnet_tiny's compile time goes.
+    # rdnet_tiny's compile time (XLA's pass pipeline logged with timestamps) and step time
+    # three ways: as shipped; the one-pass LayerNorm variance and cuDNN's LayerNorm, which
+    # cut XLA's priority fusion from 83 s to < 1 s in a deviceless compile (BENCHMARKS.md
+    # "RDNet's compile time on GPUs"): does either cost step time?
     TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=hlo_pass_pipeline=1 bench jax_rdnet_tiny_bf16 \
       "$lvl2" --models rdnet_tiny --configs bf16 --skip torch kernels
-    bench jax_rdnet_tiny_f32 "$lvl2" --models rdnet_tiny --configs f32 --skip torch kernels
-    bench jax_densenet121_f32 "$lvl2" --models densenet121 --configs f32 --skip torch kernels
+    TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=hlo_pass_pipeline=1 bench \
+      jax_rdnet_tiny_bf16_fastvar "$lvl2" --models rdnet_tiny --configs bf16 \
+      --skip torch kernels --model-option norm_fast_variance=true
+    TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=hlo_pass_pipeline=1 bench \
+      jax_rdnet_tiny_bf16_cudnn_ln "$lvl2" --models rdnet_tiny --configs bf16 \
+      --skip torch kernels --xla-option xla_gpu_enable_cudnn_layer_norm=true
+    # densenet121 with the Pallas bottleneck kernel (Mosaic GPU) against without it.
+    bench jax_densenet121_bf16_kernels "$lvl2" --models densenet121 \
+      --configs bf16 bf16+kernels --skip torch kernels
     # config.steps_per_call on the GPU: the CIFAR recipe's batch 64, 1 vs 8 steps per call.
     bench jax_bc100_steps_per_call "$lvl2" --models densenet_bc_100_k12 --configs bf16 \
       --cifar-batch 64 --steps 16 --steps-per-call 8 --skip torch kernels
-    bench torch_resnet50 "" --skip jax kernels --models resnet50 \
-      --torch-configs compile_bf16 eager_bf16
-    bench torch_bc100 "" --skip jax kernels --models densenet_bc_100_k12 \
-      --torch-configs compile_bf16 eager_bf16
-    bench torch_rdnet_tiny "" --skip jax kernels --models rdnet_tiny \
-      --torch-configs eager_bf16 compile_bf16
+    # The Mosaic GPU prototype-distance kernel against XLA (correctness; seconds).
+    (timeout -k 10 "$secs" nice -n 5 $py tools/gpu_check.py --kernels prototype \
+       >"$out/check_prototype.log" 2>&1; echo "rc $?" >>"$out/check_prototype.log") &
     wait
     for f in "$out"/*.log; do echo "== $f"; grep -v "^[IWE][0-9]\{4\} " "$f" | tail -n 8; done
     ;;
