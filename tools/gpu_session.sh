@@ -13,8 +13,8 @@
 #
 # Part p is for a session with one call's worth of device time (15 minutes in all, a machine
 # start included): the CIFAR-10 training holds a lock on the GPU (flock, BENCH_GPU_LOCK) for
-# TRAIN_SECONDS (default 390) while five benchmark processes compile beside it (XLA
-# autotuning, torch.compile); each times its rows only while it holds the lock, so every
+# TRAIN_SECONDS (default 390) while five benchmark processes (and a kernel check) compile
+# beside it (XLA autotuning); each times its rows only while it holds the lock, so every
 # timing runs alone on the GPU, after the training. Compile-time autotuning still shares the
 # GPU with the training (its timings may pick other algorithms than on an idle GPU). The
 # benchmark processes run under `nice` so the training's host thread keeps its core.
