@@ -153,8 +153,8 @@ def main(argv=None):
   plan = []
   if "dense_bottleneck" in args.kernels:
     plan += [(check_dense_bottleneck, i, 2e-2) for i in
-             (["mosaic_gpu"] if gpu else ["pallas"] + (["mosaic_gpu"] if args.interpret
-                                                        else []))]
+             (["mosaic_gpu", "pallas"] if gpu else ["pallas"] + (["mosaic_gpu"]
+                                                                  if args.interpret else []))]
   if "prototype" in args.kernels:
     from jaxdl.kernels import prototype_distance as pd
     plan += [(check_prototype, i, 1e-3) for i in

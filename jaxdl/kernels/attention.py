@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from jaxdl.kernels import portable_compiler_params
+
 _NEG = -1e30
 
 
@@ -113,8 +115,8 @@ def _check_inputs(q, k, v, num_context):
                      f"{jnp.shape(num_context)}")
 
 
-@functools.partial(jax.jit, static_argnames=("block_sizes", "interpret"))
-def _forward(q, k, v, num_context, *, block_sizes, interpret):
+@functools.partial(jax.jit, static_argnames=("block_sizes", "interpret", "backend"))
+def _forward(q, k, v, num_context, *, block_sizes, interpret, backend):
   """Kernel forward: (out [B, T, H, D], lse [B, H, T] float32)."""
   b, t, h, d = q.shape
   s = k.shape[1]
@@ -137,6 +139,7 @@ def _forward(q, k, v, num_context, *, block_sizes, interpret):
       out_shape=[jax.ShapeDtypeStruct((b, h, t_pad, d), q.dtype),
                  jax.ShapeDtypeStruct((b, h, t_pad), jnp.float32)],
       interpret=interpret,
+      compiler_params=portable_compiler_params(backend, interpret),
       name="context_attention",
   )(nc, qt, kt, vt)
   return out[:, :, :t].transpose(0, 2, 1, 3), lse[:, :, :t]
@@ -163,18 +166,20 @@ def _backward(q, k, v, num_context, out, lse, do):
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _with_grad(q, k, v, num_context, block_sizes, interpret):
-  return _forward(q, k, v, num_context, block_sizes=block_sizes, interpret=interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _with_grad(q, k, v, num_context, block_sizes, interpret, backend):
+  return _forward(q, k, v, num_context, block_sizes=block_sizes, interpret=interpret,
+                  backend=backend)[0]
 
 
-def _fwd(q, k, v, num_context, block_sizes, interpret):
-  out, lse = _forward(q, k, v, num_context, block_sizes=block_sizes, interpret=interpret)
+def _fwd(q, k, v, num_context, block_sizes, interpret, backend):
+  out, lse = _forward(q, k, v, num_context, block_sizes=block_sizes, interpret=interpret,
+                      backend=backend)
   return out, (q, k, v, num_context, out, lse)
 
 
-def _bwd(block_sizes, interpret, res, do):
-  del block_sizes, interpret
+def _bwd(block_sizes, interpret, backend, res, do):
+  del block_sizes, interpret, backend
   q, k, v, num_context, out, lse = res
   dq, dk, dv = _backward(q, k, v, num_context, out, lse, do)
   return dq, dk, dv, None
@@ -236,7 +241,7 @@ def context_attention(q, k, v, num_context, *, impl: str = "auto",
   if impl == "dpa":
     return _dot_product_attention(q, k, v, num_context)
   return _with_grad(q, k, v, jnp.asarray(num_context, jnp.int32), block_sizes or BlockSizes(),
-                    interpret)
+                    interpret, jax.default_backend())
 
 
 # ----------------------------------------------------------------------------- benchmark

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jaxdl.kernels import _mosaic_gpu as mgpu
+from jaxdl.kernels import portable_compiler_params
 
 
 # ----------------------------------------------------------------------------- block sizes
@@ -223,9 +224,12 @@ def mosaic_gpu_supported(shapes: Sequence[tuple], c_out: int, dtype,
           and all(s[-1] % 32 == 0 for s in shapes))
 
 
-@functools.partial(jax.jit, static_argnames=("backend", "block_sizes", "interpret", "out_dtype"))
-def _forward(xs, scale, shift, kernel, *, backend, block_sizes, interpret, out_dtype):
-  """Kernel forward on [..., C_i] inputs: [..., C_out] in `out_dtype`."""
+@functools.partial(jax.jit, static_argnames=("backend", "block_sizes", "interpret", "out_dtype",
+                                             "platform"))
+def _forward(xs, scale, shift, kernel, *, backend, block_sizes, interpret, out_dtype,
+             platform):
+  """Kernel forward on [..., C_i] inputs: [..., C_out] in `out_dtype`; `platform` is
+  `jax.default_backend()` (the portable kernel's compiler params)."""
   kernel = _check_inputs(xs, scale, shift, kernel)
   lead = xs[0].shape[:-1]
   sizes = [x.shape[-1] for x in xs]
@@ -256,6 +260,7 @@ def _forward(xs, scale, shift, kernel, *, backend, block_sizes, interpret, out_d
       out_specs=pl.BlockSpec((tm, tn), lambda i, j: (i, j)),
       out_shape=jax.ShapeDtypeStruct((m_pad, n_pad), out_dtype),
       interpret=interpret,
+      compiler_params=portable_compiler_params(platform, interpret),
       name="dense_bottleneck",
   )(*flat, *[s[None].astype(jnp.float32) for s in ss],
     *[b[None].astype(jnp.float32) for b in bs], *ws)
@@ -286,20 +291,20 @@ def _backward(xs, scale, shift, kernel, g):
           jnp.concatenate(dbs).astype(shift.dtype), dkernel)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _with_grad(xs, scale, shift, kernel, backend, block_sizes, interpret, out_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _with_grad(xs, scale, shift, kernel, backend, block_sizes, interpret, out_dtype, platform):
   return _forward(xs, scale, shift, kernel, backend=backend, block_sizes=block_sizes,
-                  interpret=interpret, out_dtype=out_dtype)
+                  interpret=interpret, out_dtype=out_dtype, platform=platform)
 
 
-def _fwd(xs, scale, shift, kernel, backend, block_sizes, interpret, out_dtype):
+def _fwd(xs, scale, shift, kernel, backend, block_sizes, interpret, out_dtype, platform):
   y = _forward(xs, scale, shift, kernel, backend=backend, block_sizes=block_sizes,
-               interpret=interpret, out_dtype=out_dtype)
+               interpret=interpret, out_dtype=out_dtype, platform=platform)
   return y, (xs, scale, shift, kernel)
 
 
-def _bwd(backend, block_sizes, interpret, out_dtype, res, g):
-  del backend, block_sizes, interpret, out_dtype
+def _bwd(backend, block_sizes, interpret, out_dtype, platform, res, g):
+  del backend, block_sizes, interpret, out_dtype, platform
   return _backward(*res, g)
 
 
@@ -385,7 +390,8 @@ def dense_bottleneck(xs: Sequence[jax.Array], scale, shift, kernel, *, impl: str
   if impl == "xla":
     return dense_bottleneck_reference(xs, scale, shift, kernel, out_dtype=out_dtype)
   backend = "mosaic_gpu" if impl == "mosaic_gpu" else "portable"
-  return _with_grad(xs, scale, shift, kernel, backend, block_sizes, interpret, out_dtype)
+  return _with_grad(xs, scale, shift, kernel, backend, block_sizes, interpret, out_dtype,
+                    jax.default_backend())
 
 
 # ----------------------------------------------------------------------------- benchmark

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from jaxdl.kernels import portable_compiler_params
 from jaxdl.layers import dense
 
 METRICS = ("l2", "dot")
@@ -276,13 +277,9 @@ def _pallas_call(z, p, *, metric, block_sizes, interpret, backend):
   zp = jnp.pad(z, ((0, n_pad - n), (0, hwp - hw), (0, 0)))
   pp = jnp.pad(p, ((0, p_pad - num_p), (0, 0)))
   kernel = functools.partial(_min_distance_kernel, metric=metric, hw=hw)
-  compiler_params = None
-  if not interpret and backend == "gpu":
-    # The body uses array-level jnp (dot_general on values), which Pallas lowers through
-    # Triton, not Mosaic GPU (that needs wgmma on shared-memory refs): ask for Triton
-    # explicitly, whatever jax_pallas_use_mosaic_gpu says.
-    from jax.experimental.pallas import triton as pltriton
-    compiler_params = pltriton.CompilerParams(num_warps=4, num_stages=2)
+  # The body uses array-level jnp (dot_general on values), which Pallas lowers through
+  # Triton, not Mosaic GPU (that needs wgmma on shared-memory refs): Triton explicitly on GPU.
+  compiler_params = portable_compiler_params(backend, interpret)
   dist, idx = pl.pallas_call(
       kernel,
       grid=(n_pad // bn, p_pad // bp),
