@@ -103,3 +103,14 @@ def test_deviceless_compile_of_a_small_rdnet():
   fast = run("--model-option", "norm_fast_variance=true")
   assert plain["__triton"] > fast.get("__triton", 0)
   assert plain["__cudnn$convForward"] > 0  # the accelerator's convolutions, not the CPU's
+
+
+@pytest.mark.skipif(not _has_cuda_plugin(), reason="needs jax's CUDA plugin (not in CI)")
+def test_every_gpu_kernel_path_compiles_for_an_h200():
+  cmd = [sys.executable, str(REPO / "tools" / "gpu_aot.py"), "--kernels-only"]
+  env = dict(os.environ)
+  env.pop("JAX_PLATFORMS", None)
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+  assert out.returncode == 0, out.stdout[-3000:]
+  lines = [line for line in out.stdout.splitlines() if line.startswith(("ok ", "FAIL"))]
+  assert len(lines) == 6 and all(line.startswith("ok ") for line in lines), lines

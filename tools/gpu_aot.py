@@ -5,6 +5,7 @@
       --xla-option xla_gpu_enable_cudnn_layer_norm=true      # one compilation's XLA options
   python tools/gpu_aot.py --model rdnet_tiny --model-option norm_fast_variance=true
   python tools/gpu_aot.py --model densenet121 --dtype bf16 --kernels   # the Pallas kernels
+  python tools/gpu_aot.py --kernels-only          # each Pallas kernel alone (fwd + bwd)
 
 It compiles the train step of tools/bench_gpu.py (forward + backward + SGD momentum,
 BatchNorm in training mode) for an H100 or H200 described by a target config (no device, no
@@ -202,6 +203,72 @@ def compile_step(model, dtype="bf16", batch=64, kernels=False, target="h200",
   return dict(compile_s=compile_s, lower_s=lower_s, hlo=compiled.as_text(), memory=memory)
 
 
+def _kernel_cases():
+  """{label: (fn, abstract args)}: forward + backward of each Pallas kernel implementation
+  that runs on a GPU, at one shape of its model (tools/gpu_check.py checks the same
+  implementations' numbers on a device)."""
+  import jax
+  import jax.numpy as jnp
+
+  from jaxdl.kernels import attention as at
+  from jaxdl.kernels import dense_bottleneck as db
+  from jaxdl.kernels import prototype_distance as pd
+  bf16, f32 = jnp.bfloat16, jnp.float32
+  cases = {}
+  # DenseNet-121 block 1, last layer: 6 inputs, 224 -> 128 channels, batch 64 at 56x56.
+  sizes = [64] + [32] * 5
+  xs = tuple(jax.ShapeDtypeStruct((64, 56, 56, c), bf16) for c in sizes)
+  vec = jax.ShapeDtypeStruct((sum(sizes),), f32)
+  w = jax.ShapeDtypeStruct((sum(sizes), 128), bf16)
+  for impl in ("mosaic_gpu", "pallas"):
+    def loss(xs, s, b, w, impl=impl):
+      return jnp.sum(db.dense_bottleneck(xs, s, b, w, impl=impl, out_dtype=f32))
+    cases[f"dense_bottleneck[{impl}] 64x56x56 {sizes}->128 bf16"] = (
+        jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), (xs, vec, vec, w))
+  # ProtoPNet: 14x14 maps of 128 channels, 2000 prototypes, batch 80.
+  z = jax.ShapeDtypeStruct((80, 196, 128), bf16)
+  protos = jax.ShapeDtypeStruct((2000, 128), bf16)
+  for impl in ("mosaic_gpu", "pallas"):
+    def loss(z, p, impl=impl):
+      return jnp.sum(pd.prototype_min_distance(z, p, metric="l2", impl=impl)[0])
+    cases[f"prototype_min_distance[{impl}] 80x196x128 P=2000 bf16"] = (
+        jax.value_and_grad(loss, argnums=(0, 1)), (z, protos))
+  # PFN: 8 datasets of 1024 rows, 4 heads of 64.
+  q = jax.ShapeDtypeStruct((8, 1024, 4, 64), bf16)
+  nc = jax.ShapeDtypeStruct((8,), jnp.int32)
+  for impl in ("pallas", "dpa"):
+    def loss(q, k, v, nc, impl=impl):
+      return jnp.sum(at.context_attention(q, k, v, nc, impl=impl).astype(f32))
+    cases[f"context_attention[{impl}] B=8 T=1024 H=4 D=64 bf16"] = (
+        jax.value_and_grad(loss, argnums=(0, 1, 2)), (q, q, q, nc))
+  return cases
+
+
+def compile_kernels(target="h200", select=None):
+  """Compile each kernel case for `target` without a device: [(label, seconds or None,
+  error line or None)]; a failure is reported and the next case still runs."""
+  import jax
+  from jax.experimental import topologies
+  topology = topologies.get_topology_desc(platform="cuda", target_config=target_config(target),
+                                          topology="1x1x1")
+  sharding = jax.sharding.SingleDeviceSharding(topology.devices[0])
+  rows = []
+  with _gpu_backend_for_tracing(jax):
+    cases = _kernel_cases()
+    for label, (fn, args) in cases.items():
+      if select and not any(label.startswith(k) for k in select):
+        continue
+      args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                          args)
+      t0 = time.perf_counter()
+      try:
+        jax.jit(fn).lower(*args).compile()
+        rows.append((label, time.perf_counter() - t0, None))
+      except Exception as e:  # report and go on: one broken kernel must not hide the others
+        rows.append((label, None, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))
+  return rows
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", default="rdnet_tiny")
@@ -219,6 +286,9 @@ def main(argv=None):
   parser.add_argument("--log", type=Path, help="keep XLA's log here (default: a temp file)")
   parser.add_argument("--dump-hlo", type=Path, help="write the optimized HLO module here")
   parser.add_argument("--smoke", action="store_true", help="tiny variant of the model")
+  parser.add_argument("--kernels-only", nargs="*", metavar="KERNEL",
+                      help="compile the Pallas kernels' forward + backward instead of a model "
+                           "(all, or those whose label starts with a KERNEL given)")
   args = parser.parse_args(argv)
   # Before jax is imported (bench_gpu imports it): XLA reads these when it starts.
   os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
@@ -228,6 +298,14 @@ def main(argv=None):
   from bench_gpu import parse_options
   options = parse_options(args.xla_option)
   model_options = parse_options(args.model_option, "--model-option", "")
+  if args.kernels_only is not None:
+    rows = compile_kernels(args.target, args.kernels_only)
+    for label, sec, err in rows:
+      print(f"ok   {label}: compiled in {sec:.1f} s" if err is None else
+            f"FAIL {label}: {err}", flush=True)
+    failed = sum(err is not None for _, _, err in rows)
+    print(f"{failed} of {len(rows)} kernels failed to compile for {args.target}")
+    return 1 if failed else 0
   log_path = args.log or Path(tempfile.mkstemp(prefix="gpu_aot_", suffix=".log")[1])
   with _stderr_to(log_path):
     result = compile_step(args.model, args.dtype, args.batch, args.kernels, args.target,
@@ -258,4 +336,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  result = main()
+  sys.exit(result if isinstance(result, int) else 0)
