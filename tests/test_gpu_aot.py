@@ -66,8 +66,8 @@ def test_options_are_typed_and_bad_ones_are_one_line_errors(tool):
                 "xla_x=1.5", "xla_y=some_text", "xla_z=False"]) == {
       "xla_gpu_enable_cudnn_layer_norm": True, "xla_gpu_autotune_level": 2, "xla_x": 1.5,
       "xla_y": "some_text", "xla_z": False}
-  assert parse(["norm_fast_variance=true"], "--model-option", "") == {
-      "norm_fast_variance": True}
+  assert parse(["norm_fast_variance=true", "block_config=(6, 12)"], "--model-option", "") == {
+      "norm_fast_variance": True, "block_config": (6, 12)}
   with pytest.raises(SystemExit, match="give it as xla_<name>=<value>"):
     parse(["gpu_enable=true"])
   with pytest.raises(SystemExit, match="--model-option 'norm_fast_variance'"):

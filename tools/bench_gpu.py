@@ -239,8 +239,8 @@ def parse_options(items, flag="--xla-option", prefix="xla_"):
   """["name=value", ...] -> {name: value}, or None: XLA's compiler_options for one
   compilation (`--xla-option`) or a model's constructor arguments (`--model-option`).
 
-  true / false become Python booleans, integers ints and other numbers floats: XLA rejects
-  the strings for its boolean and integer options.
+  true / false become Python booleans, integers ints, other numbers floats and (...) / [...]
+  tuples / lists: XLA rejects the strings for its boolean and integer options.
   """
   options = {}
   for item in items or ():
@@ -257,6 +257,9 @@ def parse_options(items, flag="--xla-option", prefix="xla_"):
       options[key] = int(v)
     elif re.fullmatch(r"-?(\d+\.\d*|\.\d+|\d+)([eE]-?\d+)?", v):
       options[key] = float(v)
+    elif v[:1] in "([":
+      import ast
+      options[key] = ast.literal_eval(v)  # a tuple or list, e.g. block_config=(6,12)
     else:
       options[key] = value
   return options or None
