@@ -103,6 +103,8 @@ def test_deviceless_compile_of_a_small_rdnet():
   fast = run("--model-option", "norm_fast_variance=true")
   assert plain["__triton"] > fast.get("__triton", 0)
   assert plain["__cudnn$convForward"] > 0  # the accelerator's convolutions, not the CPU's
+  # Two steps per call (the loop's steps_per_call): the same convolutions, in a loop.
+  assert run("--steps-per-call", "2")["__cudnn$convForward"] == plain["__cudnn$convForward"]
 
 
 @pytest.mark.skipif(not _has_cuda_plugin(), reason="needs jax's CUDA plugin (not in CI)")

@@ -156,11 +156,12 @@ def _gpu_backend_for_tracing(jax):
 
 
 def compile_step(model, dtype="bf16", batch=64, kernels=False, target="h200",
-                 compiler_options=None, smoke=False, model_options=None):
+                 compiler_options=None, smoke=False, model_options=None, steps_per_call=1):
   """Lower and compile one train step for `target` without a device.
 
-  Returns dict(compile_s, lower_s, hlo (optimized module text), memory (XLA's buffer sizes
-  or None)).
+  steps_per_call > 1: that many steps per call (`lax.scan` over stacked batches, as
+  `--config.steps_per_call` trains). Returns dict(compile_s, lower_s, hlo (optimized module
+  text), memory (XLA's buffer sizes or None)).
   """
   import jax
   import jax.numpy as jnp
@@ -189,9 +190,16 @@ def compile_step(model, dtype="bf16", batch=64, kernels=False, target="h200",
     v = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, res, res, 3)))
     variables = abstract({k: v[k] for k in ("params", "batch_stats") if k in v})
     opt_state = abstract(jax.eval_shape(tx.init, variables["params"]))
-    x = jax.ShapeDtypeStruct((batch, res, res, 3), jnp.float32, sharding=sharding)
-    y = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding)
-    lowered = jax.jit(step, donate_argnums=(0, 1)).lower(variables, opt_state, x, y)
+    k = (steps_per_call,) if steps_per_call > 1 else ()
+    x = jax.ShapeDtypeStruct(k + (batch, res, res, 3), jnp.float32, sharding=sharding)
+    y = jax.ShapeDtypeStruct(k + (batch,), jnp.int32, sharding=sharding)
+    if steps_per_call > 1:
+      from jaxdl.train.loop import make_train_steps
+      multi = make_train_steps(lambda c, xy: (step(*c, *xy), None))
+      lowered = jax.jit(lambda c, xs, ys: multi(c, (xs, ys))[0], donate_argnums=0).lower(
+          (variables, opt_state), x, y)
+    else:
+      lowered = jax.jit(step, donate_argnums=(0, 1)).lower(variables, opt_state, x, y)
   lower_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   compiled = lowered.compile(compiler_options)
@@ -286,6 +294,9 @@ def main(argv=None):
   parser.add_argument("--log", type=Path, help="keep XLA's log here (default: a temp file)")
   parser.add_argument("--dump-hlo", type=Path, help="write the optimized HLO module here")
   parser.add_argument("--smoke", action="store_true", help="tiny variant of the model")
+  parser.add_argument("--steps-per-call", type=int, default=1, metavar="K",
+                      help="K train steps per compiled call (lax.scan), as the loop's "
+                           "config.steps_per_call")
   parser.add_argument("--kernels-only", nargs="*", metavar="KERNEL",
                       help="compile the Pallas kernels' forward + backward instead of a model "
                            "(all, or those whose label starts with a KERNEL given)")
@@ -309,13 +320,14 @@ def main(argv=None):
   log_path = args.log or Path(tempfile.mkstemp(prefix="gpu_aot_", suffix=".log")[1])
   with _stderr_to(log_path):
     result = compile_step(args.model, args.dtype, args.batch, args.kernels, args.target,
-                          options, args.smoke, model_options)
+                          options, args.smoke, model_options, args.steps_per_call)
   log_text = log_path.read_text(errors="replace")
   if args.log is None:
     log_path.unlink()
   times = pass_times(log_text)
   label = (f"{args.model} {args.dtype} batch {args.batch}"
            + (" +kernels" if args.kernels else "")
+           + (f" {args.steps_per_call} steps/call" if args.steps_per_call > 1 else "")
            + "".join(f" {k}={v}" for k, v in {**(options or {}),
                                                **(model_options or {})}.items()))
   print(f"{label}, target {args.target}: lowered in {result['lower_s']:.1f} s, compiled in "
