@@ -21,7 +21,9 @@ Implementations (`impl=`):
   on Hopper, and neither fused path beats them.
 - "pallas": a portable Pallas flash-attention kernel (grid over batch, head and query
   blocks; online softmax over key blocks in a fori_loop, keys at or beyond n_b masked) for
-  Pallas TPU and the generic interpret mode (the CPU tests). It returns the log-sum-exp per
+  Pallas TPU and the generic interpret mode (the CPU tests); on a GPU it lowers through
+  Triton (`portable_compiler_params`: jax 0.10's default Mosaic GPU lowering of it needed
+  more shared memory than an H200 has). It returns the log-sum-exp per
   query for the backward pass, which is plain jnp (custom VJP):
     p = exp(s - lse) (masked),  dv = p^T do,  dp = do v^T,  ds = p (dp - sum(do * o)),
     dq = ds k / sqrt(D),  dk = ds^T q / sqrt(D)

@@ -32,7 +32,9 @@ reference, dispatcher, benchmark):
   chunk's float32 scale must be multiples of 128 bytes) and C_out a multiple of 16 (the
   dispatcher falls back to XLA otherwise, e.g. densenet_bc k=12; DenseNet-121, k=32, fits).
 - Portable Pallas (grid + BlockSpec, jnp body): Pallas TPU (Mosaic TPU) and the generic
-  interpret mode on CPU (the tests). Not used on GPU (its dot lowers through Triton only).
+  interpret mode on CPU (the tests). "auto" does not pick it on GPU; `impl="pallas"` there
+  lowers through Triton (`portable_compiler_params`: its dot needs Triton, not Mosaic GPU;
+  compiled for an H200 by tools/gpu_aot.py --kernels-only, not yet run on one).
 """
 
 from __future__ import annotations
