@@ -22,6 +22,7 @@ process-wide flags, so code that imports jaxdl is unaffected. They are left out 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -96,3 +97,60 @@ def ynn_fusions(compiled_text: str) -> list[list[str]]:
   # An instruction: `name = shape opcode(` (tuple shapes and hyphenated opcodes included).
   opcode = re.compile(r"= (?:\(.*?\)|\S+) ([\w\-]+)\(")
   return [opcode.findall(bodies[c]) for c in called]
+
+
+# ---------------------------------------------------------------- persistent compilation cache
+
+def cache_dir(setting: str) -> str | None:
+  """The directory `config.compilation_cache` names, or None (no persistent cache).
+
+  "auto": xla/ in jaxdl's cache folder ($JAXDL_CACHE_DIR, else ~/.cache/jaxdl, where the
+  decoded datasets are kept too); "" (or "none", "off"): no cache; else that directory.
+  """
+  if not isinstance(setting, str):
+    from jaxdl import errors
+    raise errors.ConfigError(f"config.compilation_cache={setting!r} must be a string: 'auto', "
+                             "'' (off) or a directory.")
+  setting = setting.strip()
+  if setting.lower() in ("", "none", "off"):
+    return None
+  if setting.lower() == "auto":
+    root = os.environ.get("JAXDL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                              "jaxdl")
+    return os.path.join(os.path.expanduser(root), "xla")
+  return os.path.expanduser(setting)
+
+
+@contextlib.contextmanager
+def compilation_cache(setting: str = "auto"):
+  """Within the block, jax's persistent compilation cache lives in `cache_dir(setting)`.
+
+  A run that compiles again what an earlier run compiled (the same program, shapes, jax and
+  XLA versions, options) loads the executable instead: on a GPU that skips XLA's autotuning
+  and fusion passes (minutes for RDNet and the DenseNets at autotune level 2), on CPU
+  rdnet_tiny's train step loads in ~5 s instead of ~22 s; a resumed run starts at once.
+  JAX caches a compilation that took at least `jax_persistent_cache_min_compile_time_secs`
+  (1 s). A cache directory the user set for jax (JAX_COMPILATION_CACHE_DIR) wins; on exit
+  jax's previous setting is restored. Yields the directory in use, or None.
+  """
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  previous = jax.config.jax_compilation_cache_dir
+  path = None if previous else cache_dir(setting)
+  if path is None:
+    yield previous
+    return
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    log.warning("no XLA compilation cache: cannot create %s (%s); set config."
+                "compilation_cache='' or another directory.", path, e)
+    yield None
+    return
+  log.info("XLA compilation cache: %s (config.compilation_cache; '' turns it off)", path)
+  cc.reset_cache()  # an earlier compilation in this process may have checked for no cache
+  cc.set_cache_dir(path)
+  try:
+    yield path
+  finally:
+    cc.set_cache_dir(previous)
+    cc.reset_cache()

@@ -17,5 +17,10 @@ def __getattr__(name):
 
 
 def run(config, workdir) -> dict:
-  """Runs the trainer that `config.trainer` names (default "supervised")."""
-  return get_trainer(config.get("trainer", "supervised"))(config, workdir)
+  """Runs the trainer that `config.trainer` names (default "supervised"), with jax's
+  persistent compilation cache in the directory `config.compilation_cache` names (default
+  "auto": ~/.cache/jaxdl/xla or $JAXDL_CACHE_DIR/xla; "" turns it off; jaxdl.compiler)."""
+  from jaxdl import compiler
+  trainer = get_trainer(config.get("trainer", "supervised"))
+  with compiler.compilation_cache(config.get("compilation_cache", "auto")):
+    return trainer(config, workdir)

@@ -73,6 +73,10 @@ def default_config() -> ml_collections.ConfigDict:
   # no per-step re-mapping of temporaries. Calls end at log / eval / checkpoint steps, which
   # should be multiples of it (others run one step per call). Same parameters as K = 1.
   c.steps_per_call = 1
+  # jax's persistent compilation cache: "auto" (~/.cache/jaxdl/xla or $JAXDL_CACHE_DIR/xla), ""
+  # (off) or a directory. A rerun or a resumed run loads its compiled steps from it (on a GPU
+  # that skips minutes of XLA autotuning for RDNet and the DenseNets).
+  c.compilation_cache = "auto"
 
   # Devices.
   c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: all remaining devices.
