@@ -95,8 +95,9 @@ case $part in
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     export BENCH_GPU_LOCK=/tmp/jaxdl_gpu.lock XLA_PYTHON_CLIENT_PREALLOCATE=false
     export TORCHINDUCTOR_COMPILE_THREADS=4 PYTHONUNBUFFERED=1
-    # One call, no later one to reuse a persistent cache; writing it costs time (and on the
-    # CPU the cache setting made the same compile several times slower here).
+    # One call, no later one to reuse a persistent cache (jaxdl.train's own cache off too);
+    # writing it costs time (and on the CPU the cache setting made the same compile several
+    # times slower here, 2026-12-04; tools/bench_compile_cache.py saw no cost, 2026-12-05).
     unset JAX_COMPILATION_CACHE_DIR JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS
     lvl2=--xla_gpu_autotune_level=2  # no shared autotuning cache: processes run side by side
     secs=${BENCH_SECONDS:-520}
@@ -104,7 +105,7 @@ case $part in
     (exec 9>"$BENCH_GPU_LOCK"
      flock 9
      XLA_FLAGS=$lvl2 timeout -k 60 "${TRAIN_SECONDS:-390}" $py "${train[@]}" \
-       >"$out/bc100_train.log" 2>&1
+       --config.compilation_cache= >"$out/bc100_train.log" 2>&1
      echo "rc $?" >>"$out/bc100_train.log"
      cp .jaxcache/bc100_c10/metrics.jsonl "$out/bc100_train_metrics.jsonl") &
     sleep 2  # the training takes the lock first
