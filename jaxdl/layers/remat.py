@@ -49,3 +49,29 @@ def recompute_in_backward(f: Callable) -> Callable:
 
   g.defvjp(fwd, bwd)
   return g
+
+
+@jax.custom_vjp
+def accumulate_here(x):
+  """Identity whose cotangent is materialized behind an optimization barrier.
+
+  A value read by many later computations (a dense block's feature map) gets its cotangent
+  as the sum of one contribution per reader. XLA fuses that sum into one late fusion that
+  reads every contribution, so each reader's input-gradient buffer stays live until the
+  last one arrives (quadratic memory in a dense block). Reading the value through a chain
+  `x1 = accumulate_here(x0)`, `x2 = accumulate_here(x1)`, ..., one link per reader, makes
+  the backward pass add each contribution to a running sum that the barrier materializes
+  there, so the contribution's buffer can be freed at once.
+  """
+  return x
+
+
+def _accumulate_fwd(x):
+  return x, None
+
+
+def _accumulate_bwd(_, g):
+  return (jax.lax.optimization_barrier(g),)
+
+
+accumulate_here.defvjp(_accumulate_fwd, _accumulate_bwd)

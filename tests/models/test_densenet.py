@@ -90,6 +90,33 @@ def test_memory_efficient_equals_naive(tiny, fast_jit):
   assert float(jnp.abs(g0["denseblock1"]["denselayer1"]["norm1"]["scale"]).max()) > 0
 
 
+def test_memory_efficient_blocks_accumulate_cotangents_layer_by_layer(tiny, monkeypatch):
+  """Memory-efficient dense blocks read their feature maps through `accumulate_here` links
+  (one per layer after the first, one per feature map it reads): a barrier per link in the
+  backward pass, so XLA:GPU sums each feature map's cotangent as the backward pass goes
+  (BENCHMARKS.md "Memory-efficient DenseNet"); same gradients."""
+  from jaxdl.models import densenet
+  _, v = tiny
+  model = models.create("densenet_bc_100_k12", memory_efficient=True, **TINY)
+
+  def loss(params):
+    logits, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, X,
+                            train=True, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(logits))
+
+  def grads_and_barriers(links):
+    monkeypatch.setattr(densenet, "_INCREMENTAL_GRADS", links)
+    jax.clear_caches()
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(v["params"]))
+    return jax.jit(jax.grad(loss))(v["params"]), jaxpr.count("optimization_barrier")
+  g1, with_links = grads_and_barriers(True)
+  g0, without = grads_and_barriers(False)
+  # Two blocks of 3 layers: layer i > 0 reads i + 1 feature maps -> 2 + 3 links per block.
+  assert with_links - without == 2 * (2 + 3)
+  for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_shared_feature_statistics_equal_per_layer_batch_norm(tiny, fast_jit, monkeypatch,
                                                               memory_efficient):
