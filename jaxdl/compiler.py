@@ -115,9 +115,8 @@ def cache_dir(setting: str) -> str | None:
   if setting.lower() in ("", "none", "off"):
     return None
   if setting.lower() == "auto":
-    root = os.environ.get("JAXDL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                              "jaxdl")
-    return os.path.join(os.path.expanduser(root), "xla")
+    from jaxdl.data.registry import cache_dir as jaxdl_cache_dir
+    return str(jaxdl_cache_dir() / "xla")
   return os.path.expanduser(setting)
 
 

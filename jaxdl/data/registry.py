@@ -138,7 +138,8 @@ def find_file(relpath: str, data_dir=None, *, how_to_get: str) -> Path:
 
 
 def cache_dir() -> Path:
-  """Where decoded datasets are cached ($JAXDL_CACHE_DIR, else ~/.cache/jaxdl)."""
-  d = Path(os.environ.get("JAXDL_CACHE_DIR", Path.home() / ".cache" / "jaxdl"))
+  """jaxdl's cache folder ($JAXDL_CACHE_DIR, else ~/.cache/jaxdl): decoded datasets, and
+  XLA's compiled steps in its xla/ (`jaxdl.compiler.cache_dir`)."""
+  d = Path(os.environ.get("JAXDL_CACHE_DIR") or Path.home() / ".cache" / "jaxdl").expanduser()
   d.mkdir(parents=True, exist_ok=True)
   return d
