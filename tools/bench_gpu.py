@@ -181,6 +181,15 @@ def build_train_step(name, dtype, kernels, smoke, model_options=None):
   return model, step, tx, res, num_classes
 
 
+def jit_train_steps(step):
+  """jit of `step` run over K stacked batches per call: (variables, opt_state), xs [K, ...],
+  ys [K, ...] -> (variables, opt_state), the carry donated (jaxdl.train.loop.make_train_steps,
+  as `--config.steps_per_call` trains). Shared with tools/gpu_aot.py."""
+  from jaxdl.train.loop import make_train_steps
+  multi = make_train_steps(lambda c, xy: (step(*c, *xy), None))
+  return jax.jit(lambda c, xs, ys: multi(c, (xs, ys))[0], donate_argnums=0)
+
+
 def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False, steps_per_call=1,
                    compiler_options=None, model_options=None):
   """(run() -> state, flops per step, compile seconds) for one jaxdl configuration.
@@ -206,10 +215,8 @@ def jax_train_step(name, batch, dtype, kernels, smoke, flops_only=False, steps_p
   jitted = jax.jit(step, donate_argnums=(0, 1))
   lowered = jitted.lower(variables, opt_state, x, y)
   if steps_per_call > 1 and not flops_only:
-    from jaxdl.train.loop import make_train_steps
-    multi = make_train_steps(lambda c, xy: (step(*c, *xy), None))
     xs, ys = (jnp.stack([a] * steps_per_call) for a in (x, y))
-    multi_jitted = jax.jit(lambda c, xs, ys: multi(c, (xs, ys))[0], donate_argnums=0)
+    multi_jitted = jit_train_steps(step)
   # FLOPs from the lowered HLO, not the compiled executable: on GPU the latter counts cuDNN
   # convolutions (custom calls) as zero. jax 0.11.2 on the H100 gave no cost analysis for the
   # GPU lowering at all, so fall back to lowering the same step in a CPU-only process.

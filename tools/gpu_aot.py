@@ -167,7 +167,7 @@ def compile_step(model, dtype="bf16", batch=64, kernels=False, target="h200",
   import jax.numpy as jnp
   from jax.experimental import topologies
 
-  from bench_gpu import build_train_step
+  from bench_gpu import build_train_step, jit_train_steps
   from jaxdl.layers import conv as conv_lib
 
   try:
@@ -194,10 +194,7 @@ def compile_step(model, dtype="bf16", batch=64, kernels=False, target="h200",
     x = jax.ShapeDtypeStruct(k + (batch, res, res, 3), jnp.float32, sharding=sharding)
     y = jax.ShapeDtypeStruct(k + (batch,), jnp.int32, sharding=sharding)
     if steps_per_call > 1:
-      from jaxdl.train.loop import make_train_steps
-      multi = make_train_steps(lambda c, xy: (step(*c, *xy), None))
-      lowered = jax.jit(lambda c, xs, ys: multi(c, (xs, ys))[0], donate_argnums=0).lower(
-          (variables, opt_state), x, y)
+      lowered = jit_train_steps(step).lower((variables, opt_state), x, y)
     else:
       lowered = jax.jit(step, donate_argnums=(0, 1)).lower(variables, opt_state, x, y)
   lower_s = time.perf_counter() - t0
