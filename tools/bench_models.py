@@ -167,6 +167,9 @@ VARIANTS = {
                      "(XLA:CPU then recomputes the sum inside the LayerNorm's loops)",
     "gelu-stored": "RDNet's FeatureMixer storing its GELU output for the backward pass "
                    "(the 1x1 conv's input), not recomputing it from the GELU's input",
+    "scan-outputs": "chunk loops (scan_batch_chunks) with lax.scan's own output buffers, "
+                    "which XLA:CPU may allocate at the start of the step, not buffers "
+                    "created from the loop's last operand",
 }
 
 
@@ -181,6 +184,7 @@ FLAGS_OFF = {
     "dw-kgrad-one-reduce": ("jaxdl.layers.conv", "_TAPS_PER_REDUCE", 10**9),
     "gelu-stored": ("jaxdl.models.rdnet", "_RECOMPUTE_GELU"),
     "dw-recomputed": ("jaxdl.models.rdnet", "_COMPUTE_DW_ONCE"),
+    "scan-outputs": ("jaxdl.layers.conv", "_OUTPUTS_AFTER_OPERANDS"),
 }
 
 

@@ -338,20 +338,56 @@ def scan_batch_chunks(fn, carry, xs, per_image_bytes: int):
   """`carry, y = fn(carry, *chunks)` over chunks of the batch (leading) axis of the arrays xs.
 
   Chunks hold as many images as fit `_TAP_CHUNK_BYTES` of `per_image_bytes` each, and there
-  are at least two when the batch has two images: a `lax.scan` whose operands XLA
-  materializes. Outside a loop, XLA:CPU fuses the producer of a cotangent into a consumer that
-  reads it once per kernel tap and recomputes it each time (in a DenseNet, the sum of the
-  later layers' BatchNorm-backward slices: +0.5 s per DenseNet-121 step);
+  are at least two when the batch has two images: a loop whose operands XLA materializes.
+  Outside a loop, XLA:CPU fuses the producer of a cotangent into a consumer that reads it
+  once per kernel tap and recomputes it each time (in a DenseNet, the sum of the later
+  layers' BatchNorm-backward slices: +0.5 s per DenseNet-121 step);
   `lax.optimization_barrier` does not survive its pipeline. Returns the final carry and the
   chunks' y concatenated back along the batch axis.
+
+  Put the operand computed last (in a backward pass, the cotangent) at the end of xs: the
+  loop's output buffers are created from it (`_OUTPUTS_AFTER_OPERANDS`).
   """
   batch = xs[0].shape[0]
   chunk = _chunk_size(batch, per_image_bytes, max_chunk=max(1, batch // 2))
   if chunk == batch:
     return fn(carry, *xs)
-  split = lambda a: a.reshape((batch // chunk, chunk) + a.shape[1:])
-  carry, ys = lax.scan(lambda c, xc: fn(c, *xc), carry, tuple(split(a) for a in xs))
+  n = batch // chunk
+  parts = tuple(a.reshape((n, chunk) + a.shape[1:]) for a in xs)
+  if _OUTPUTS_AFTER_OPERANDS:
+    carry, ys = _loop_with_late_outputs(fn, carry, parts, xs[-1])
+  else:
+    carry, ys = lax.scan(lambda c, xc: fn(c, *xc), carry, parts)
   return carry, jax.tree.map(lambda y: y.reshape((batch,) + y.shape[2:]), ys)
+
+
+# Whether `scan_batch_chunks` creates its stacked outputs from its last operand instead of
+# leaving them to `lax.scan`. A scan's output buffers start as a broadcast constant that
+# XLA:CPU's scheduler is free to copy into place at any time, and it did so at the start of
+# the step: in a DenseNet-BC-100 training step at batch 64 the 48 dense layers' 3x3
+# input-gradient buffers (240 MiB) were live through the whole forward pass
+# (tools/bench_memory.py, BENCHMARKS.md "Memory-efficient DenseNet").
+_OUTPUTS_AFTER_OPERANDS = True
+
+
+def _loop_with_late_outputs(fn, carry, parts, last):
+  """`lax.scan(fn, carry, parts)` whose stacked outputs start as a broadcast of `0 * last[0]`:
+  not a constant, so they are allocated only once `last` exists (every chunk overwrites its
+  slice, so their initial values never matter)."""
+  n = parts[0].shape[0]
+  _, y_shapes = jax.eval_shape(fn, carry, *(p[0] for p in parts))
+  seed = last.ravel()[0]
+  zero = (seed * 0 if jnp.issubdtype(seed.dtype, jnp.inexact)
+          else seed.astype(jnp.float32) * 0.0)
+  ys = jax.tree.map(lambda s: jnp.broadcast_to(zero.astype(s.dtype), (n,) + s.shape),
+                    y_shapes)
+
+  def body(i, state):
+    c, ys = state
+    c, y = fn(c, *(lax.dynamic_index_in_dim(p, i, keepdims=False) for p in parts))
+    return c, jax.tree.map(lambda b, v: lax.dynamic_update_index_in_dim(b, v, i, 0), ys, y)
+
+  return lax.fori_loop(0, n, body, (carry, ys))
 
 
 def _chunk_size(batch: int, per_image_bytes: int, max_chunk: int | None = None,

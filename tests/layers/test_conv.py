@@ -391,3 +391,30 @@ def test_chunk_size_is_the_largest_divisor_within_budget(monkeypatch):
   assert lc._chunk_size(5, 1000) == 1  # one image over the budget: still one at a time
   assert lc._chunk_size(6, 10) == 6
   assert lc._chunk_size(8, 10, max_chunk=4) == 4  # scan_batch_chunks: at least two chunks
+
+
+@pytest.mark.parametrize("last_dtype", [jnp.float32, jnp.int32])
+def test_scan_batch_chunks_late_outputs_equal_lax_scan(monkeypatch, last_dtype):
+  """The chunk loop whose outputs are created from its last operand gives lax.scan's carry
+  and outputs exactly (outputs of two dtypes, an integer last operand too)."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((6, 5, 3)), jnp.float32)
+  last = jnp.asarray(rng.integers(-3, 4, (6, 5, 3))).astype(last_dtype)
+
+  def fn(c, xc, lc_):
+    y = jnp.sin(xc) * lc_
+    return c + y.sum(axis=0), (y.astype(jnp.bfloat16), (xc * 2).sum(axis=-1))
+
+  monkeypatch.setattr(lc, "_TAP_CHUNK_BYTES", 2 * 5 * 3 * 4)  # 3 chunks of 2 images
+  run = jax.jit(lambda x, l: lc.scan_batch_chunks(fn, jnp.zeros((5, 3)), (x, l), 5 * 3 * 4))
+  late = run(x, last)
+  carried = lambda: "dynamic_update_slice" in str(jax.make_jaxpr(run)(x, last))
+  assert carried()  # the outputs are loop state written chunk by chunk
+  monkeypatch.setattr(lc, "_OUTPUTS_AFTER_OPERANDS", False)
+  jax.clear_caches()
+  scanned = run(x, last)
+  assert not carried()
+  assert late[1][0].shape == (6, 5, 3) and late[1][1].shape == (6, 5)
+  for a, b in zip(jax.tree_util.tree_leaves(late), jax.tree_util.tree_leaves(scanned)):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
