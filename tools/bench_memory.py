@@ -11,7 +11,10 @@ Step time: median wall time of the jitted step, naive and memory-efficient inter
 
 Variants: `naive` (no rematerialization), `recompute` (memory_efficient=True, the default
 custom-VJP recomputation), `checkpoint` (memory_efficient=True, remat="checkpoint":
-jax.checkpoint + nothing_saveable, which XLA:CPU undoes).
+jax.checkpoint + nothing_saveable, which XLA:CPU undoes). For A/B runs of the CPU fixes, the
+same with one module switch off while tracing: `recompute-no-links` (no `accumulate_here`
+links in the dense blocks), `recompute-scan-outputs` / `naive-scan-outputs` (the chunk
+loops' outputs left to `lax.scan`, `jaxdl.layers.conv._OUTPUTS_AFTER_OPERANDS`).
 
   PYTHONPATH=. python tools/bench_memory.py            # the BENCHMARKS.md tables
   PYTHONPATH=. python tools/bench_memory.py --models densenet_bc_100_k12 --batches 64 \\
@@ -21,6 +24,7 @@ jax.checkpoint + nothing_saveable, which XLA:CPU undoes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import time
@@ -31,15 +35,43 @@ import numpy as np
 import optax
 
 import jaxdl.models as models
+from jaxdl.layers import conv
+from jaxdl.models import densenet
 
 RES = {"densenet_bc_100_k12": 32}
 VARIANTS = {"naive": dict(memory_efficient=False),
             "recompute": dict(memory_efficient=True, remat="recompute"),
             "checkpoint": dict(memory_efficient=True, remat="checkpoint")}
+# Variants that differ from one above by a module switch, set while the step is traced:
+# (base variant, {(module, attribute): value}). For A/B runs of the CPU memory fixes.
+SWITCHED = {
+    "recompute-no-links": ("recompute", {(densenet, "_INCREMENTAL_GRADS"): False}),
+    "recompute-scan-outputs": ("recompute", {(conv, "_OUTPUTS_AFTER_OPERANDS"): False}),
+    "naive-scan-outputs": ("naive", {(conv, "_OUTPUTS_AFTER_OPERANDS"): False}),
+}
 FAST = {"xla_backend_optimization_level": 0}
 
 
+@contextlib.contextmanager
+def _switched(variant):
+  """Sets a SWITCHED variant's module attributes (restored on exit)."""
+  flags = SWITCHED[variant][1] if variant in SWITCHED else {}
+  old = {k: getattr(*k) for k in flags}
+  try:
+    for (module, attr), value in flags.items():
+      setattr(module, attr, value)
+    yield
+  finally:
+    for (module, attr), value in old.items():
+      setattr(module, attr, value)
+
+
 def build(name, batch, variant):
+  with _switched(variant):
+    return _build(name, batch, SWITCHED[variant][0] if variant in SWITCHED else variant)
+
+
+def _build(name, batch, variant):
   model = models.create(name, **VARIANTS[variant])
   res = RES.get(name, 224)
   x = jax.ShapeDtypeStruct((batch, res, res, 3), jnp.float32)
@@ -106,6 +138,10 @@ def main(argv=None):
                       help="model:batch pairs whose step time is measured")
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args(argv)
+  unknown = [v for v in args.variants if v not in VARIANTS and v not in SWITCHED]
+  if unknown:
+    parser.error(f"unknown variant {unknown[0]!r}; choose from "
+                 f"{sorted(VARIANTS) + sorted(SWITCHED)}")
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, {platform.machine()}, "
         f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at start")
   print("\n| model | batch | variant | peak (MiB) | temp (MiB) | naive / variant peak |")
@@ -122,14 +158,16 @@ def main(argv=None):
         ratio = f"{base / peak:.2f}x" if base else "-"
         print(f"| {name} | {batch} | {v} | {peak:.0f} | {temp:.0f} | {ratio} |", flush=True)
   if args.time:
-    print(f"\n| model | batch | naive step (s) | recompute step (s) | overhead |"
+    timed = [v for v in args.variants if v != "checkpoint"]
+    print(f"\n| model | batch | variant | step (s) | vs naive |"
           f" (median of {args.repeats}, interleaved)")
     print("|---|---|---|---|---|")
     for spec in args.time:
       name, batch = spec.split(":")
-      t = step_times(name, int(batch), ["naive", "recompute"], args.repeats)
-      print(f"| {name} | {batch} | {t['naive']:.3f} | {t['recompute']:.3f} | "
-            f"{100 * (t['recompute'] / t['naive'] - 1):+.1f}% |", flush=True)
+      t = step_times(name, int(batch), timed, args.repeats)
+      for v in timed:
+        rel = f"{100 * (t[v] / t['naive'] - 1):+.1f}%" if "naive" in t else "-"
+        print(f"| {name} | {batch} | {v} | {t[v]:.3f} | {rel} |", flush=True)
   print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 

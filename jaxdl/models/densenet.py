@@ -244,7 +244,7 @@ class DenseBlock(nn.Module):
                          self.remat, self.bottleneck_impl, self.dtype, self.param_dtype,
                          name=f"denselayer{i + 1}")
       if self.memory_efficient and _INCREMENTAL_GRADS and i > 0:
-        features = [accumulate_here(f) for f in features]
+        features = list(accumulate_here(tuple(features)))
       features.append(layer(features, train, stats))
       if cache:
         stats.append(_moments(features[-1], fusable=True))
