@@ -138,9 +138,9 @@ class DenseLayer(nn.Module):
       elementwise work whose four saved [N, H, W, 4k] tensors would otherwise dominate) in
       the backward pass; only the layer inputs and the input of conv2 stay stored. The
       block then reads its feature maps through `accumulate_here` links, so that the
-      backward pass sums their cotangents layer by layer (XLA:GPU otherwise keeps every
-      layer's input gradient until one late fused sum: 1,169 vs 524 MiB of temporaries for
-      DenseNet-BC-100 at batch 64 compiled for an H200).
+      backward pass sums their cotangents layer by layer (XLA otherwise keeps every
+      layer's input gradient until one late fused sum: DenseNet-BC-100 training step at
+      batch 64, temporaries 1,169 vs 524 MiB compiled for an H200, 813 vs 543 MiB on CPU).
     remat: how. "recompute" (default): a custom VJP that re-runs them on the saved inputs,
       effective on every backend. "checkpoint": `jax.checkpoint` with the
       `nothing_saveable` policy, effective on GPU/TPU but undone by XLA:CPU, which expands
@@ -212,8 +212,9 @@ class DenseLayer(nn.Module):
 _CACHE_STATS = True
 
 # Whether memory-efficient dense blocks read their feature maps through `accumulate_here`
-# links, one per layer, so the backward pass sums each feature map's cotangent as it goes
-# (tools/bench_memory.py).
+# links, one per layer after the first (on the tuple of all feature maps it reads), so the
+# backward pass sums each feature map's cotangent as it goes (tools/bench_memory.py
+# --variants recompute-no-links).
 _INCREMENTAL_GRADS = True
 
 
