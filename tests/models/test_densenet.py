@@ -92,9 +92,9 @@ def test_memory_efficient_equals_naive(tiny, fast_jit):
 
 def test_memory_efficient_blocks_accumulate_cotangents_layer_by_layer(tiny, monkeypatch):
   """Memory-efficient dense blocks read their feature maps through `accumulate_here` links
-  (one per layer after the first, on all the feature maps it reads), so that XLA sums each
-  feature map's cotangent as the backward pass goes (BENCHMARKS.md "Memory-efficient
-  DenseNet"); same gradients."""
+  (one per layer after the first, on all the feature maps it reads, and one before the
+  block's output), so that XLA sums each feature map's cotangent as the backward pass goes
+  (BENCHMARKS.md "Memory-efficient DenseNet"); same gradients."""
   from jaxdl.models import densenet
   _, v = tiny
   model = models.create("densenet_bc_100_k12", memory_efficient=True, **TINY)
@@ -111,9 +111,9 @@ def test_memory_efficient_blocks_accumulate_cotangents_layer_by_layer(tiny, monk
     return jax.jit(jax.grad(loss))(v["params"]), jaxpr.count("optimization_barrier")
   g1, with_links = grads_and_links(True)
   g0, without = grads_and_links(False)
-  # Two blocks of 3 layers: layers 2 and 3 of each have a link (its non-CPU branch holds
-  # one barrier on the tuple of the feature maps the layer reads).
-  assert with_links - without == 2 * 2
+  # Two blocks of 3 layers: layers 2 and 3 of each and the block's output have a link (its
+  # non-CPU branch holds one barrier on the tuple of the feature maps read there).
+  assert with_links - without == 2 * 3
   for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
     np.testing.assert_array_equal(a, b)
 
@@ -122,7 +122,7 @@ def test_cpu_training_step_temporaries_shrink_with_each_memory_fix(monkeypatch):
   """XLA:CPU's buffer assignment of a memory-efficient DenseNet's gradient: the
   `accumulate_here` links (CPU conditionals) and the chunk loops' late outputs
   (`scan_batch_chunks`) each lower the temporaries (DenseNet-BC-100 training step at batch
-  64: 897 -> 550 MiB memory-efficient, 2,415 -> 2,163 MiB naive; tools/bench_memory.py)."""
+  64: 897 -> 515 MiB memory-efficient, 2,415 -> 2,163 MiB naive; tools/bench_memory.py)."""
   from jaxdl.layers import conv
   from jaxdl.models import densenet
   model = models.create("densenet_bc_100_k12", memory_efficient=True, **TINY)
