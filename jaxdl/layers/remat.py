@@ -82,14 +82,17 @@ def _barrier_link(g):
 
 def _cond_link(g):
   leaves, tree = jax.tree_util.tree_flatten(g)
-  if not leaves:
+  pos = [i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.inexact) and x.size]
+  if not pos:
     return g
-  seed = leaves[0].ravel()[0]
-  bits = jax.lax.bitcast_convert_type(seed.astype(jnp.float32), jnp.int32)
+  floats = [leaves[i] for i in pos]
+  bits = jax.lax.bitcast_convert_type(floats[0].ravel()[0].astype(jnp.float32), jnp.int32)
   always = (bits | 1) != 0
   # The false branch never runs; it differs from the true one (`x * 1`, elementwise) so
   # that the two are not one computation.
-  leaves = jax.lax.cond(always, lambda ls: ls, lambda ls: [x * 1 for x in ls], leaves)
+  floats = jax.lax.cond(always, lambda ls: ls, lambda ls: [x * 1 for x in ls], floats)
+  for i, x in zip(pos, floats):
+    leaves[i] = x
   return jax.tree_util.tree_unflatten(tree, leaves)
 
 

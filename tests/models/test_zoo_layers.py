@@ -109,3 +109,8 @@ def test_accumulate_here_is_the_identity_with_a_fusion_stop_per_platform():
   assert "optimization_barrier" not in cpu
   compiled = jax.jit(jax.grad(f)).lower(x).compile().as_text()
   assert compiled.count(" conditional(") == 2
+  # A pytree with a bfloat16 and an integer leaf: only the floats go through the stop.
+  g = lambda x: jnp.sum(accumulate_here({"a": x.astype(jnp.bfloat16), "n": jnp.arange(3)})[
+      "a"].astype(jnp.float32) ** 2)
+  np.testing.assert_allclose(jax.jit(jax.grad(g))(x), 2 * np.asarray(
+      x.astype(jnp.bfloat16).astype(jnp.float32)), rtol=1e-2)
