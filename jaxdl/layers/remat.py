@@ -27,12 +27,16 @@ def _opaque_zero(cotangent) -> jax.Array:
   return leaves[0].ravel()[0].astype(jnp.float32) * 0.0
 
 
-def recompute_in_backward(f: Callable) -> Callable:
+def recompute_in_backward(f: Callable, perturb: tuple[int, ...] | None = None) -> Callable:
   """Same values and gradients as `f`; keeps only `f`'s inputs for the backward pass.
 
   Args:
     f: a pure function whose positional arguments are arrays or pytrees of arrays (close
       over static settings instead of passing them).
+    perturb: the positions of the arguments that get the cotangent's `0 * c` (None: all).
+      Adding it to a large activation materializes a copy of it; when every recomputed
+      value that matters also depends on a small argument (a BatchNorm scale), perturbing
+      only that one is enough.
   """
   @jax.custom_vjp
   def g(*args):
@@ -43,7 +47,9 @@ def recompute_in_backward(f: Callable) -> Callable:
 
   def bwd(args, cotangent):
     zero = _opaque_zero(cotangent)
-    args = jax.tree_util.tree_map(lambda a: a + zero.astype(a.dtype), args)
+    args = tuple(a if perturb is not None and i not in perturb else
+                 jax.tree_util.tree_map(lambda x: x + zero.astype(x.dtype), a)
+                 for i, a in enumerate(args))
     _, vjp = jax.vjp(f, *args)
     return vjp(cotangent)
 
