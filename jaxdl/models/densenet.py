@@ -317,7 +317,8 @@ class DenseNet(nn.Module):
     drop_rate: dropout before the classifier (timm's `drop_rate`).
     proj_drop_rate: dropout after each dense layer (timm's `proj_drop_rate`; the paper's
       dropout 0.2 for CIFAR without augmentation).
-    memory_efficient: rematerialize concat + BN + ReLU + conv1 of each dense layer.
+    memory_efficient: rematerialize concat + BN + ReLU + conv1 of each dense layer and BN +
+      ReLU of each transition.
     remat: "recompute" (custom VJP, every backend) or "checkpoint" (`jax.checkpoint` with
       the nothing_saveable policy: GPU/TPU only, XLA:CPU undoes it), see DenseLayer.
     bottleneck_impl: "xla", or "auto" / "pallas" / "mosaic_gpu" for the Pallas kernel
