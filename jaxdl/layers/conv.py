@@ -365,7 +365,7 @@ def scan_batch_chunks(fn, carry, xs, per_image_bytes: int):
 # leaving them to `lax.scan`. A scan's output buffers start as a broadcast constant that
 # XLA:CPU's scheduler is free to copy into place at any time, and it did so at the start of
 # the step: in a DenseNet-BC-100 training step at batch 64 the 48 dense layers' 3x3
-# input-gradient buffers (240 MiB) were live through the whole forward pass
+# input-gradient buffers (252 MiB, 192 in block 1) were live through the whole forward pass
 # (tools/bench_memory.py, BENCHMARKS.md "Memory-efficient DenseNet").
 _OUTPUTS_AFTER_OPERANDS = True
 
