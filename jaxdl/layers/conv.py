@@ -44,6 +44,7 @@ import numpy as np
 from jax import lax
 
 from jaxdl import errors
+from jaxdl.layers.remat import opaque_zero
 
 IMPLS = ("auto", "xla", "fast")
 _default_impl = ["auto"]
@@ -371,14 +372,12 @@ _OUTPUTS_AFTER_OPERANDS = True
 
 
 def _loop_with_late_outputs(fn, carry, parts, last):
-  """`lax.scan(fn, carry, parts)` whose stacked outputs start as a broadcast of `0 * last[0]`:
-  not a constant, so they are allocated only once `last` exists (every chunk overwrites its
-  slice, so their initial values never matter)."""
+  """`lax.scan(fn, carry, parts)` whose stacked outputs start as a broadcast of
+  `remat.opaque_zero(last)`: not a constant, so they are allocated only once `last` exists
+  (every chunk overwrites its slice, so their initial values never matter)."""
   n = parts[0].shape[0]
   _, y_shapes = jax.eval_shape(fn, carry, *(p[0] for p in parts))
-  seed = last.ravel()[0]
-  zero = (seed * 0 if jnp.issubdtype(seed.dtype, jnp.inexact)
-          else seed.astype(jnp.float32) * 0.0)
+  zero = opaque_zero(last)
   ys = jax.tree.map(lambda s: jnp.broadcast_to(zero.astype(s.dtype), (n,) + s.shape),
                     y_shapes)
 

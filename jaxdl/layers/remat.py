@@ -19,12 +19,17 @@ import jax
 import jax.numpy as jnp
 
 
-def _opaque_zero(cotangent) -> jax.Array:
-  leaves = [c for c in jax.tree_util.tree_leaves(cotangent)
-            if jnp.issubdtype(c.dtype, jnp.inexact) and c.size]
-  if not leaves:
+def opaque_zero(tree) -> jax.Array:
+  """A float32 zero computed from the first element of `tree`'s first array (a floating one
+  if there is one; float0 leaves skipped): XLA cannot fold `x * 0` (NaN for an infinite x),
+  so whatever uses it is computed only once that array exists. A constant zero when the
+  tree holds no such array."""
+  leaves = [c for c in jax.tree_util.tree_leaves(tree)
+            if c.size and c.dtype != jax.dtypes.float0]
+  floats = [c for c in leaves if jnp.issubdtype(c.dtype, jnp.inexact)]
+  if not (floats or leaves):
     return jnp.zeros((), jnp.float32)
-  return leaves[0].ravel()[0].astype(jnp.float32) * 0.0
+  return (floats or leaves)[0].ravel()[0].astype(jnp.float32) * 0.0
 
 
 def recompute_in_backward(f: Callable, perturb: tuple[int, ...] | None = None) -> Callable:
@@ -46,7 +51,7 @@ def recompute_in_backward(f: Callable, perturb: tuple[int, ...] | None = None) -
     return f(*args), args
 
   def bwd(args, cotangent):
-    zero = _opaque_zero(cotangent)
+    zero = opaque_zero(cotangent)
     args = tuple(a if perturb is not None and i not in perturb else
                  jax.tree_util.tree_map(lambda x: x + zero.astype(x.dtype), a)
                  for i, a in enumerate(args))
