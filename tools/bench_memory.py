@@ -12,9 +12,10 @@ Step time: median wall time of the jitted step, naive and memory-efficient inter
 Variants: `naive` (no rematerialization), `recompute` (memory_efficient=True, the default
 custom-VJP recomputation), `checkpoint` (memory_efficient=True, remat="checkpoint":
 jax.checkpoint + nothing_saveable, which XLA:CPU undoes). For A/B runs of the CPU fixes, the
-same with one module switch off while tracing: `recompute-no-links` (no `accumulate_here`
-links in the dense blocks), `recompute-scan-outputs` / `naive-scan-outputs` (the chunk
-loops' outputs left to `lax.scan`, `jaxdl.layers.conv._OUTPUTS_AFTER_OPERANDS`).
+same with one formulation switched off while tracing (tools/bench_models.py's variants):
+`recompute-no-links` (no `accumulate_here` links in the dense blocks),
+`recompute-scan-outputs` / `naive-scan-outputs` (the chunk loops' outputs left to
+`lax.scan`, `jaxdl.layers.conv._OUTPUTS_AFTER_OPERANDS`).
 
   PYTHONPATH=. python tools/bench_memory.py            # the BENCHMARKS.md tables
   PYTHONPATH=. python tools/bench_memory.py --models densenet_bc_100_k12 --batches 64 \\
@@ -24,9 +25,9 @@ loops' outputs left to `lax.scan`, `jaxdl.layers.conv._OUTPUTS_AFTER_OPERANDS`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -35,40 +36,29 @@ import numpy as np
 import optax
 
 import jaxdl.models as models
-from jaxdl.layers import conv
-from jaxdl.models import densenet
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_models  # noqa: E402  (its variant(): the formulation switches)
 
 RES = {"densenet_bc_100_k12": 32}
 VARIANTS = {"naive": dict(memory_efficient=False),
             "recompute": dict(memory_efficient=True, remat="recompute"),
             "checkpoint": dict(memory_efficient=True, remat="checkpoint")}
-# Variants that differ from one above by a module switch, set while the step is traced:
-# (base variant, {(module, attribute): value}). For A/B runs of the CPU memory fixes.
+# Variants that differ from one above by a formulation switched off while the step is
+# traced: (base variant, a tools/bench_models.py --variants name). For A/B runs of the CPU
+# memory fixes.
 SWITCHED = {
-    "recompute-no-links": ("recompute", {(densenet, "_INCREMENTAL_GRADS"): False}),
-    "recompute-scan-outputs": ("recompute", {(conv, "_OUTPUTS_AFTER_OPERANDS"): False}),
-    "naive-scan-outputs": ("naive", {(conv, "_OUTPUTS_AFTER_OPERANDS"): False}),
+    "recompute-no-links": ("recompute", "no-links"),
+    "recompute-scan-outputs": ("recompute", "scan-outputs"),
+    "naive-scan-outputs": ("naive", "scan-outputs"),
 }
 FAST = {"xla_backend_optimization_level": 0}
 
 
-@contextlib.contextmanager
-def _switched(variant):
-  """Sets a SWITCHED variant's module attributes (restored on exit)."""
-  flags = SWITCHED[variant][1] if variant in SWITCHED else {}
-  old = {k: getattr(*k) for k in flags}
-  try:
-    for (module, attr), value in flags.items():
-      setattr(module, attr, value)
-    yield
-  finally:
-    for (module, attr), value in old.items():
-      setattr(module, attr, value)
-
-
 def build(name, batch, variant):
-  with _switched(variant):
-    return _build(name, batch, SWITCHED[variant][0] if variant in SWITCHED else variant)
+  base, switched_off = SWITCHED.get(variant, (variant, "jaxdl"))
+  with bench_models.variant(switched_off):
+    return _build(name, batch, base)
 
 
 def _build(name, batch, variant):

@@ -170,6 +170,8 @@ VARIANTS = {
     "scan-outputs": "chunk loops (scan_batch_chunks) with lax.scan's own output buffers, "
                     "which XLA:CPU may allocate at the start of the step, not buffers "
                     "created from the loop's last operand",
+    "no-links": "memory-efficient dense blocks without accumulate_here links (XLA then "
+                "sums each feature map's cotangent in one late fusion)",
 }
 
 
@@ -185,6 +187,7 @@ FLAGS_OFF = {
     "gelu-stored": ("jaxdl.models.rdnet", "_RECOMPUTE_GELU"),
     "dw-recomputed": ("jaxdl.models.rdnet", "_COMPUTE_DW_ONCE"),
     "scan-outputs": ("jaxdl.layers.conv", "_OUTPUTS_AFTER_OPERANDS"),
+    "no-links": ("jaxdl.models.densenet", "_INCREMENTAL_GRADS"),
 }
 
 
