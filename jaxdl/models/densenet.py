@@ -77,6 +77,25 @@ class _ConvKernel(nn.Module):
     return self.param("kernel", _conv_init, self.shape, self.param_dtype)
 
 
+def _rematerialized(fn, remat: str, perturb=None):
+  """`fn` recomputed in the backward pass the way `remat` says ("recompute": the custom VJP
+  of `recompute_in_backward`, `perturb` its argument; "checkpoint": `jax.checkpoint` with
+  the nothing_saveable policy)."""
+  if remat == "recompute":
+    return recompute_in_backward(fn, perturb)
+  if remat == "checkpoint":
+    return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
+  raise errors.ConfigError(f"DenseNet remat must be 'recompute' or 'checkpoint', got "
+                           f"{remat!r}.")
+
+
+def _update_running_stats(variables, batch):
+  """nn.BatchNorm's update of the running (mean, var) variables (momentum 0.9 = PyTorch's
+  0.1), on the biased batch variance."""
+  for var, b in zip(variables, batch):
+    var.value = 0.9 * var.value + 0.1 * jax.lax.stop_gradient(b)
+
+
 def _bottleneck(features, norm1, conv1, norm2, stats=None, *, train, dtype, want_pre):
   """concat - BN - ReLU - conv1x1 - BN - ReLU of a dense layer, as one pure function.
 
@@ -177,13 +196,7 @@ class DenseLayer(nn.Module):
       fn = partial(_kernel_bottleneck, train=train, dtype=self.dtype, want_pre=want_pre,
                    impl=self.bottleneck_impl)
     if self.memory_efficient:
-      if self.remat == "recompute":
-        fn = recompute_in_backward(fn)
-      elif self.remat == "checkpoint":
-        fn = jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
-      else:
-        raise errors.ConfigError(f"DenseNet remat must be 'recompute' or 'checkpoint', got "
-                                 f"{self.remat!r}.")
+      fn = _rematerialized(fn, self.remat)
     args = (tuple(features), tuple(norm1) + tuple(v.value for v in stats1), kernel,
             tuple(norm2) + tuple(v.value for v in stats2))
     if stats is not None and train and not want_pre and self.bottleneck_impl == "xla":
@@ -194,10 +207,8 @@ class DenseLayer(nn.Module):
       self.sow("preactivations", "relu1", out[3][0])
       self.sow("preactivations", "relu2", out[3][1])
     if train and not self.is_initializing():
-      # nn.BatchNorm's update (momentum 0.9 = PyTorch's 0.1), on the biased batch variance.
-      for variables, batch in ((stats1, out[1]), (stats2, out[2])):
-        for var, b in zip(variables, batch):
-          var.value = 0.9 * var.value + 0.1 * jax.lax.stop_gradient(b)
+      _update_running_stats(stats1, out[1])
+      _update_running_stats(stats2, out[2])
     x = Conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
              kernel_init=_conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
              name="conv2")(h)
@@ -289,12 +300,10 @@ class Transition(nn.Module):
       fn = partial(_transition_conv, dtype=self.dtype)
       # Only the parameters get the recomputation's cotangent dependence: the block output
       # is stored anyway, and a perturbed copy of it would be one more (54 MiB above).
-      fn = (recompute_in_backward(fn, perturb=(1, 2)) if self.remat == "recompute" else
-            jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable))
+      fn = _rematerialized(fn, self.remat, perturb=(1, 2))
       z, batch = fn(x, tuple(norm) + tuple(v.value for v in stats), kernel)
       if not self.is_initializing():
-        for var, b in zip(stats, batch):
-          var.value = 0.9 * var.value + 0.1 * jax.lax.stop_gradient(b)
+        _update_running_stats(stats, batch)
       return nn.avg_pool(z, (2, 2), strides=(2, 2))
     bn = batch_norm(train, "norm", self.dtype, self.param_dtype)
     x = batch_norm_relu(self, bn, x, "relu")
